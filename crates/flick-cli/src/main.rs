@@ -1,0 +1,4 @@
+//! The `flick` command.
+fn main() {
+    println!("flick {}", env!("CARGO_PKG_VERSION"));
+}

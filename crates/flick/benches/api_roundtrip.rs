@@ -1,0 +1,2 @@
+//! Placeholder until the API client exists.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The user-facing VM configuration, validation and conversion to Firecracker payloads.

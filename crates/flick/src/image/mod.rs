@@ -1,0 +1,1 @@
+//! Firecracker binaries, base images, manifests, the verified download cache and the initrd builder.

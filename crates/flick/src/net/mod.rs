@@ -1,0 +1,1 @@
+//! Host networking: address plan, bridge and TAPs, NAT and egress firewall, WireGuard egress.

@@ -1,0 +1,1 @@
+//! Spawning and supervising firecracker and jailer processes.

@@ -1,0 +1,1 @@
+//! Per-VM runtime directories and drive staging.

@@ -1,0 +1,1 @@
+//! Persistent VM records for programs that outlive a single process.

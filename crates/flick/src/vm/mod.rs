@@ -1,0 +1,1 @@
+//! The MicroVm state machine and its verbs.
