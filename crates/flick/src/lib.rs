@@ -21,6 +21,7 @@
 pub mod agent;
 pub mod api;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod image;
 pub mod net;
@@ -33,3 +34,9 @@ pub use error::{Error, ErrorCode, Result};
 
 /// The Firecracker version flick's API models and tests are written against.
 pub const FIRECRACKER_REFERENCE_VERSION: &str = "1.16.1";
+
+/// The guest-agent protocol version this library speaks.
+#[must_use]
+pub fn agent_protocol_version() -> u32 {
+    flick_proto::PROTOCOL_VERSION
+}

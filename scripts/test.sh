@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs flick's whole test suite: unit, integration (Firecracker double, network namespaces,
+# loopback servers, real mkfs/mksquashfs), property and snapshot tests. Privileged tests need
+# root and fail with the reason when they do not have it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+export CI="${CI:-true}"   # insta: never write .snap.new files, fail on any mismatch
+cargo build --workspace --all-targets --quiet
+cargo test --workspace --all-targets --no-fail-fast
+# Doctests (not part of --all-targets).
+cargo test --workspace --doc --quiet
