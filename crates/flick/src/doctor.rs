@@ -252,8 +252,9 @@ fn check_tmpfs(runtime_dir: &Path) -> Check {
             if is_tmpfs {
                 Check::new("runtime_dir", CheckStatus::Ok, detail)
             } else {
-                Check::new("runtime_dir", CheckStatus::Warn, detail)
-                    .hint("a tmpfs runtime dir keeps writable drive copies in memory and gone at reboot")
+                Check::new("runtime_dir", CheckStatus::Warn, detail).hint(
+                    "a tmpfs runtime dir keeps writable drive copies in memory and gone at reboot",
+                )
             }
         }
         Err(e) => Check::new(
@@ -341,8 +342,11 @@ mod tests {
         let bin = dir.path().join("bin/v1.16.1");
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::write(bin.join("firecracker"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(bin.join("firecracker"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(
+            bin.join("firecracker"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         let check = check_firecracker(dir.path());
         assert_eq!(check.status, CheckStatus::Ok);
         assert!(check.detail.contains("v1.16.1/firecracker"));

@@ -16,8 +16,14 @@ fn every_spec_operation_has_exactly_one_typed_method() {
         .collect();
     let missing: Vec<_> = from_spec.difference(&from_client).collect();
     let extra: Vec<_> = from_client.difference(&from_spec).collect();
-    assert!(missing.is_empty(), "spec operations without a typed method: {missing:?}");
-    assert!(extra.is_empty(), "typed methods for operations the spec lacks: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "spec operations without a typed method: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "typed methods for operations the spec lacks: {extra:?}"
+    );
     assert_eq!(OPERATIONS.len(), from_spec.len());
 }
 
