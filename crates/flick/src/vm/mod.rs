@@ -1,1 +1,5 @@
-//! The MicroVm state machine and its verbs.
+//! The `MicroVm` state machine and its verbs.
+
+pub mod state;
+
+pub use state::{Operation, VmState};
