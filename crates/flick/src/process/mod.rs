@@ -37,6 +37,10 @@ pub struct ProcessSpec {
     pub log_path: PathBuf,
     /// Working directory.
     pub cwd: Option<PathBuf>,
+    /// Run in a private mount namespace where `source` is bind-mounted on `target` (needs
+    /// CAP_SYS_ADMIN). flick uses it to show every Firecracker its own runtime directory at one
+    /// fixed path, so paths recorded in a snapshot resolve to each clone's own files.
+    pub bind_view: Option<(PathBuf, PathBuf)>,
 }
 
 impl ProcessSpec {
@@ -48,6 +52,7 @@ impl ProcessSpec {
             env: Vec::new(),
             log_path: log_path.into(),
             cwd: None,
+            bind_view: None,
         }
     }
 
@@ -174,10 +179,21 @@ impl SupervisedProcess {
         if let Some(cwd) = &spec.cwd {
             command.current_dir(cwd);
         }
-        // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
-        // which is async-signal-safe and allocates nothing.
+        let view = match &spec.bind_view {
+            Some((source, target)) => Some((cstring(source)?, cstring(target)?)),
+            None => None,
+        };
+        // SAFETY: the closure runs in the forked child before exec. It only makes raw system
+        // calls (setsid, unshare, mount) on C strings prepared before the fork, allocates
+        // nothing and touches no locks, so it is safe in the child of a multi-threaded parent.
         unsafe {
-            command.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+            command.pre_exec(move || {
+                rustix::process::setsid()?;
+                if let Some((source, target)) = &view {
+                    enter_view(source, target)?;
+                }
+                Ok(())
+            });
         }
         let child = tokio::process::Command::from(command)
             .kill_on_drop(false)
@@ -344,6 +360,37 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+fn cstring(path: &Path) -> Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        Error::new(
+            ErrorCode::InvalidArgument,
+            format!("path {} contains a NUL byte", path.display()),
+        )
+    })
+}
+
+/// In the forked child: a private mount namespace with `source` bind-mounted on `target`.
+fn enter_view(source: &std::ffi::CStr, target: &std::ffi::CStr) -> std::io::Result<()> {
+    use rustix::mount::{MountFlags, MountPropagationFlags};
+    // SAFETY: called in the single-threaded child between fork and exec; a new mount
+    // namespace does not invalidate any file descriptor or memory this process holds.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS)? };
+    // Nothing mounted here may propagate back to the host.
+    rustix::mount::mount_change(
+        c"/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )?;
+    rustix::mount::mount(
+        source,
+        target,
+        c"",
+        MountFlags::BIND,
+        None::<&std::ffi::CStr>,
+    )?;
+    Ok(())
+}
+
 fn open_log(path: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
@@ -472,6 +519,40 @@ mod tests {
         let reaper = tokio::spawn(async move { p.wait_timeout(Duration::from_secs(20)).await });
         assert!(terminate_detached(id, Duration::from_secs(2)).await);
         assert!(reaper.await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn bind_view_shows_the_source_at_the_target_only_inside_the_namespace() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test needs root (CAP_SYS_ADMIN) for a private mount namespace"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("vm-a");
+        let target = dir.path().join("view");
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(source.join("marker"), "vm-a").unwrap();
+        let log = dir.path().join("out.log");
+        let mut spec = sh(
+            &format!(
+                "cat {}/marker; echo written > {}/from-inside",
+                target.display(),
+                target.display()
+            ),
+            &log,
+        );
+        spec.bind_view = Some((source.clone(), target.clone()));
+        let mut p = SupervisedProcess::spawn(&spec).unwrap();
+        let status = p.wait_timeout(Duration::from_secs(5)).await.unwrap();
+        assert!(status.success(), "{}", p.log_tail(4096));
+        assert!(p.log_tail(4096).contains("vm-a"));
+        // The write through the view landed in the source; the host's target stayed empty.
+        assert_eq!(
+            std::fs::read_to_string(source.join("from-inside")).unwrap(),
+            "written\n"
+        );
+        assert!(std::fs::read_dir(&target).unwrap().next().is_none());
     }
 
     #[test]
