@@ -2,8 +2,11 @@
 //!
 //! Field names follow Firecracker's (so its documentation applies); enum values are written in
 //! `snake_case` in flick's JSON, and Firecracker's own spelling is accepted as an alias.
-//! Booleans that Firecracker defaults to `false` are plain `bool`s here and are only sent when
-//! `true`.
+//! Booleans are plain `bool`s. Flags that describe a device (`is_root_device`, `is_read_only`,
+//! `root_device`, `read_only`, `deflate_on_oom`) are always sent; opt-in features (`smt`,
+//! `track_dirty_pages`, `free_page_hinting`, `free_page_reporting`, `imds_compat`,
+//! `show_level`, `show_log_origin`) are sent only when `true`, Firecracker's default being
+//! `false`.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -344,8 +347,8 @@ impl Pmem {
         models::Pmem {
             id: self.id.clone(),
             path_on_host: self.path_on_host.clone(),
-            root_device: self.root_device.then_some(true),
-            read_only: self.read_only.then_some(true),
+            root_device: Some(self.root_device),
+            read_only: Some(self.read_only),
             rate_limiter: self.rate_limiter.as_ref().map(RateLimiter::to_wire),
         }
     }
