@@ -42,12 +42,6 @@ pub fn fc_double_path() -> PathBuf {
     if let Some(path) = BUILT.get() {
         return path.clone();
     }
-    if let Ok(path) = std::env::var("CARGO_BIN_EXE_fc-double") {
-        let path = PathBuf::from(path);
-        if path.exists() {
-            return BUILT.get_or_init(|| path).clone();
-        }
-    }
     let exe = std::env::current_exe().expect("the test executable has a path");
     let mut profile_dir = exe
         .parent()
