@@ -6,4 +6,9 @@
 //!   tests, never a replacement for Firecracker.
 #![warn(missing_docs)]
 
+pub mod double;
+pub mod harness;
 pub mod spec;
+pub mod transcript;
+
+pub use harness::{FcDouble, FcDoubleOptions, fc_double_path, raw_request};

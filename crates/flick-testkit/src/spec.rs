@@ -160,7 +160,17 @@ impl Spec {
     #[must_use]
     pub fn validate(&self, schema: &Value, value: &Value) -> Vec<Violation> {
         let mut out = Vec::new();
-        self.check(schema, value, "", &mut out);
+        self.check(schema, value, "", false, &mut out);
+        out
+    }
+
+    /// Validates a request body the way Firecracker's deserializer accepts it: like
+    /// [`Spec::validate`], except that `null` for an optional (not required) field counts as
+    /// the field being absent, because Firecracker reads those fields as `Option`s.
+    #[must_use]
+    pub fn validate_body(&self, schema: &Value, value: &Value) -> Vec<Violation> {
+        let mut out = Vec::new();
+        self.check(schema, value, "", true, &mut out);
         out
     }
 
@@ -181,7 +191,14 @@ impl Spec {
         current
     }
 
-    fn check(&self, schema: &Value, value: &Value, at: &str, out: &mut Vec<Violation>) {
+    fn check(
+        &self,
+        schema: &Value,
+        value: &Value,
+        at: &str,
+        nulls_absent: bool,
+        out: &mut Vec<Violation>,
+    ) {
         let schema = self.resolve(schema);
         let mut fail = |message: String| {
             out.push(Violation {
@@ -209,10 +226,19 @@ impl Spec {
                     }
                 }
                 let additional = schema.get("additionalProperties") == Some(&Value::Bool(true));
+                let required = |name: &str| {
+                    schema
+                        .get("required")
+                        .and_then(Value::as_array)
+                        .is_some_and(|r| r.iter().any(|n| n.as_str() == Some(name)))
+                };
                 for (key, val) in obj {
                     let child_at = format!("{at}/{key}");
+                    if nulls_absent && val.is_null() && !required(key) && props.contains_key(key) {
+                        continue;
+                    }
                     match props.get(key) {
-                        Some(prop) => self.check(prop, val, &child_at, out),
+                        Some(prop) => self.check(prop, val, &child_at, nulls_absent, out),
                         None if additional => {}
                         None => out.push(Violation {
                             at: child_at,
@@ -265,7 +291,7 @@ impl Spec {
                 };
                 if let Some(item_schema) = schema.get("items") {
                     for (i, item) in items.iter().enumerate() {
-                        self.check(item_schema, item, &format!("{at}/{i}"), out);
+                        self.check(item_schema, item, &format!("{at}/{i}"), nulls_absent, out);
                     }
                 }
             }

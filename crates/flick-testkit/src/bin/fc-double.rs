@@ -1,5 +1,7 @@
-//! Firecracker API test double (see the crate docs). Not a VMM.
+//! Firecracker API **test double** (see `flick_testkit::double`). Not a VMM: no guest runs.
+use clap::Parser;
+
 fn main() {
-    eprintln!("fc-double: not built yet");
-    std::process::exit(2);
+    let args = flick_testkit::double::cli::Args::parse();
+    std::process::exit(flick_testkit::double::run(args));
 }

@@ -1,0 +1,309 @@
+//! Helpers for tests in other crates: find (or build) `fc-double`, run it, talk to it.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use flick_testkit::{FcDouble, FcDoubleOptions, raw_request};
+//! let double = FcDouble::spawn(FcDoubleOptions::default());
+//! let (status, body) = raw_request(double.socket_path(), "GET", "/", None).await;
+//! assert_eq!(status, 200);
+//! # let _ = body;
+//! # }
+//! ```
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+static BUILT: OnceLock<PathBuf> = OnceLock::new();
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Path of the built `fc-double` binary.
+///
+/// Looks next to the running test executable (`target/<profile>/fc-double`, the test itself
+/// lives in `target/<profile>/deps/`). When it is missing, builds it once with
+/// `$CARGO build -p flick-testkit --bin fc-double` for the same profile and target directory.
+///
+/// # Panics
+/// When the binary cannot be found or built: a test cannot run without it.
+pub fn fc_double_path() -> PathBuf {
+    if let Some(path) = BUILT.get() {
+        return path.clone();
+    }
+    let _guard = BUILD_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(path) = BUILT.get() {
+        return path.clone();
+    }
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let mut profile_dir = exe
+        .parent()
+        .expect("test executable has a directory")
+        .to_path_buf();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
+    }
+    let candidate = profile_dir.join("fc-double");
+    if !candidate.exists() {
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let target_dir = profile_dir
+            .parent()
+            .expect("profile directory has a parent")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "-p",
+            "flick-testkit",
+            "--bin",
+            "fc-double",
+            "--target-dir",
+        ])
+        .arg(&target_dir);
+        if profile != "debug" {
+            cmd.args(["--profile", &profile]);
+        }
+        let status = cmd.status().expect("running cargo to build fc-double");
+        assert!(status.success(), "building fc-double failed: {status}");
+        assert!(
+            candidate.exists(),
+            "fc-double was built but is not at {}",
+            candidate.display()
+        );
+    }
+    BUILT.get_or_init(|| candidate).clone()
+}
+
+/// How to start a double. Every field maps to a flag or `FC_DOUBLE_*` variable.
+#[derive(Debug, Clone, Default)]
+pub struct FcDoubleOptions {
+    /// `--id`.
+    pub id: Option<String>,
+    /// Guest vsock port -> host Unix socket (`--vsock-port`).
+    pub vsock_ports: Vec<(u32, PathBuf)>,
+    /// `--ignore-ctrl-alt-del`.
+    pub ignore_ctrl_alt_del: bool,
+    /// `--fail-start`.
+    pub fail_start: bool,
+    /// `--exit-after-start`.
+    pub exit_after_start: bool,
+    /// `--api-silent`.
+    pub api_silent: bool,
+    /// `--socket-delay-ms`.
+    pub socket_delay_ms: u64,
+    /// Extra arguments passed as they are.
+    pub extra_args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running `fc-double` process in its own temporary directory; killed and reaped on drop.
+#[derive(Debug)]
+pub struct FcDouble {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    request_log: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl FcDouble {
+    /// Starts a double on `<tempdir>/api.sock` and waits (up to 10 s) for the socket.
+    ///
+    /// # Panics
+    /// When the process cannot start or the socket never appears.
+    #[must_use]
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "options are a small value built per test"
+    )]
+    pub fn spawn(options: FcDoubleOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory for fc-double");
+        let socket = dir.path().join("api.sock");
+        let request_log = dir.path().join("requests.jsonl");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = File::create(&stderr_path).expect("stderr file");
+        let mut cmd = Command::new(fc_double_path());
+        cmd.arg("--api-sock")
+            .arg(&socket)
+            .arg("--request-log")
+            .arg(&request_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // Do not let the caller's environment switch on test behaviour by accident.
+        for var in [
+            "FC_DOUBLE_VSOCK_PORTS",
+            "FC_DOUBLE_IGNORE_CTRL_ALT_DEL",
+            "FC_DOUBLE_REQUEST_LOG",
+            "FC_DOUBLE_SOCKET_DELAY_MS",
+            "FC_DOUBLE_API_SILENT",
+            "FC_DOUBLE_FAIL_START",
+            "FC_DOUBLE_EXIT_AFTER_START",
+        ] {
+            cmd.env_remove(var);
+        }
+        if let Some(id) = &options.id {
+            cmd.args(["--id", id]);
+        }
+        for (port, path) in &options.vsock_ports {
+            cmd.arg("--vsock-port")
+                .arg(format!("{port}={}", path.display()));
+        }
+        if options.ignore_ctrl_alt_del {
+            cmd.arg("--ignore-ctrl-alt-del");
+        }
+        if options.fail_start {
+            cmd.arg("--fail-start");
+        }
+        if options.exit_after_start {
+            cmd.arg("--exit-after-start");
+        }
+        if options.api_silent {
+            cmd.arg("--api-silent");
+        }
+        if options.socket_delay_ms > 0 {
+            cmd.arg("--socket-delay-ms")
+                .arg(options.socket_delay_ms.to_string());
+        }
+        cmd.args(&options.extra_args);
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawning fc-double");
+        let mut double = Self {
+            child,
+            dir,
+            socket,
+            request_log,
+            stderr_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !double.socket.exists() {
+            if let Ok(Some(status)) = double.child.try_wait() {
+                panic!(
+                    "fc-double exited early with {status}; stderr:\n{}",
+                    double.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fc-double socket {} never appeared; stderr:\n{}",
+                double.socket.display(),
+                double.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        double
+    }
+
+    /// The API socket.
+    #[must_use]
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The double's private temporary directory (removed on drop).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Every request the double answered so far, as `{method, path, body, status}` objects.
+    #[must_use]
+    pub fn request_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.request_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Everything the double wrote to stderr so far.
+    #[must_use]
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its exit code if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for FcDouble {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one HTTP/1.1 request over the Unix socket; returns (status, body text).
+///
+/// # Panics
+/// When the socket cannot be reached or the exchange fails (the test cannot go on).
+pub async fn raw_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://localhost{path}"))
+        .header("Host", "localhost")
+        .header("Accept", "application/json");
+    let payload = match body {
+        Some(b) => {
+            req = req.header("Content-Type", "application/json");
+            Bytes::from(b.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let req = req.body(Full::new(payload)).expect("request builds");
+    let resp = sender.send_request(req).await.expect("request answered");
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("response body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
