@@ -7,6 +7,7 @@
 //! | [`config`] | the user-facing VM configuration, its validation (every problem at once) and its conversion into Firecracker API payloads |
 //! | [`api`] | the HTTP-over-Unix-socket client for Firecracker's API, with a typed method per endpoint, and the wire models |
 //! | [`error`] | the one error type with stable [`ErrorCode`]s |
+//! | [`host`] | the `Host` orchestrator: creates, lists, restores and cleans up VMs |
 //! | [`vm`] | the `MicroVm` state machine (created → configuring → running ⇄ paused → stopped, or error) |
 //! | [`process`] | spawning and supervising `firecracker` and `jailer` processes |
 //! | [`runtime`] | per-VM runtime directories on tmpfs and drive staging without copying unallocated blocks |
@@ -23,6 +24,7 @@ pub mod api;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod host;
 pub mod image;
 pub mod net;
 pub mod process;
@@ -31,6 +33,8 @@ pub mod store;
 pub mod vm;
 
 pub use error::{Error, ErrorCode, Result};
+pub use host::{Host, HostOptions};
+pub use vm::{MicroVm, VmState};
 
 /// The Firecracker version flick's API models and tests are written against.
 pub const FIRECRACKER_REFERENCE_VERSION: &str = "1.16.1";

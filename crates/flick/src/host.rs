@@ -1,0 +1,547 @@
+//! [`Host`]: the orchestrator that owns microVMs and every host resource made for them.
+//!
+//! | call | removes |
+//! |---|---|
+//! | [`MicroVm::cleanup`] | the VM's Firecracker process group, its runtime dir (API and vsock sockets, logs, staged drives) |
+//! | [`Host::remove_vm`] | the same, and forgets the VM |
+//! | [`Host::stop_all`] | nothing: stops every VM (in parallel) and keeps their runtime dirs for inspection |
+//! | [`Host::cleanup`] | every VM as `remove_vm` does, in parallel, then the view mount point this host made |
+//!
+//! Dropping a `MicroVm` that was not [detached](MicroVm::detach) kills its process group and
+//! removes its runtime dir; [`Host::install_signal_cleanup`] makes SIGINT/SIGTERM run
+//! [`Host::cleanup`] before the program exits.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::api::models::{self, MemoryBackend, MemoryBackendType, NetworkOverride, VsockOverride};
+use crate::api::{ClientOptions, FirecrackerClient};
+use crate::config::{DriveUpdate, VmConfig};
+use crate::error::{Error, ErrorCode, Result};
+use crate::runtime::staging::{allocated_bytes, stage_file};
+use crate::runtime::{RuntimeDir, default_runtime_root};
+use crate::vm::microvm::{
+    RestoredParts, StagedDrive, StopOutcome, VmRuntimeOptions, fc_path, spawn_firecracker, wait_api,
+};
+use crate::vm::snapshot::Snapshot;
+use crate::vm::{MicroVm, VmState};
+
+/// Which Firecracker binary to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirecrackerBinary {
+    /// An explicit binary, used as is after checking it exists and is executable.
+    Path(PathBuf),
+}
+
+/// Whether Firecracker runs in a private mount namespace showing its runtime dir at a fixed
+/// path (see [`VmRuntimeOptions::view_dir`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewMode {
+    /// On when running as root (the namespace needs CAP_SYS_ADMIN), off otherwise.
+    #[default]
+    Auto,
+    /// Always on (fails to start VMs without CAP_SYS_ADMIN).
+    On,
+    /// Off: Firecracker sees host paths; snapshots then restore only while the source VM's
+    /// drive files still exist.
+    Off,
+}
+
+/// Options of a [`Host`].
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// Where binaries, images and snapshots are kept.
+    pub data_dir: PathBuf,
+    /// Root of the per-VM runtime dirs (default: [`default_runtime_root`]).
+    pub runtime_dir: Option<PathBuf>,
+    /// Stage writable drives into the runtime dir (default true).
+    pub ephemeral_writable_drives: bool,
+    /// The Firecracker binary.
+    pub firecracker: FirecrackerBinary,
+    /// Mount-namespace view of the runtime dir.
+    pub view: ViewMode,
+    /// Upper bound for Firecracker's socket and API to come up.
+    pub start_timeout: Duration,
+    /// Grace periods of `stop()`.
+    pub stop_grace: Duration,
+    /// API client timeouts.
+    pub client: ClientOptions,
+    /// Extra environment for every Firecracker process.
+    pub firecracker_env: Vec<(OsString, OsString)>,
+    /// Extra arguments for every Firecracker process.
+    pub firecracker_args: Vec<OsString>,
+}
+
+impl HostOptions {
+    /// Defaults around an explicit Firecracker binary.
+    pub fn new(data_dir: impl Into<PathBuf>, firecracker: FirecrackerBinary) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            runtime_dir: None,
+            ephemeral_writable_drives: true,
+            firecracker,
+            view: ViewMode::Auto,
+            start_timeout: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(5),
+            client: ClientOptions::default(),
+            firecracker_env: Vec::new(),
+            firecracker_args: Vec::new(),
+        }
+    }
+}
+
+/// Summary row of [`Host::list_vms`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSummary {
+    /// VM id.
+    pub id: String,
+    /// State.
+    pub state: VmState,
+}
+
+/// Options of [`Host::restore_vm`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Id of the new VM (generated from the snapshot's source when `None`).
+    pub id: Option<String>,
+    /// Resume right after loading (otherwise the VM is `Paused`).
+    pub resume: bool,
+    /// New TAP per interface id.
+    pub tap_overrides: BTreeMap<String, String>,
+}
+
+/// The orchestrator.
+#[derive(Debug)]
+pub struct Host {
+    options: HostOptions,
+    runtime_root: PathBuf,
+    view_dir: Option<PathBuf>,
+    vms: Mutex<BTreeMap<String, Arc<MicroVm>>>,
+}
+
+impl Host {
+    /// A host with these options. Creates the runtime root (and the view mount point).
+    ///
+    /// # Errors
+    /// [`ErrorCode::IoError`] when the runtime root cannot be created;
+    /// [`ErrorCode::HostUnsupported`] for [`ViewMode::On`] without root.
+    pub fn new(options: HostOptions) -> Result<Self> {
+        let runtime_root = options
+            .runtime_dir
+            .clone()
+            .unwrap_or_else(default_runtime_root);
+        std::fs::create_dir_all(&runtime_root).map_err(|e| {
+            Error::io(
+                ErrorCode::IoError,
+                "cannot create runtime root",
+                &runtime_root,
+                e,
+            )
+        })?;
+        let root = rustix::process::geteuid().is_root();
+        let use_view = match options.view {
+            ViewMode::Auto => root,
+            ViewMode::On if !root => {
+                return Err(Error::new(
+                    ErrorCode::HostUnsupported,
+                    "the runtime-dir view needs root (CAP_SYS_ADMIN)",
+                ));
+            }
+            ViewMode::On => true,
+            ViewMode::Off => false,
+        };
+        let view_dir = if use_view {
+            // The mount point: an empty directory nothing is ever written to on the host.
+            let view = runtime_root.join(".view");
+            std::fs::create_dir_all(&view)
+                .map_err(|e| Error::io(ErrorCode::IoError, "cannot create", &view, e))?;
+            Some(view)
+        } else {
+            None
+        };
+        Ok(Self {
+            options,
+            runtime_root,
+            view_dir,
+            vms: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The runtime root.
+    #[must_use]
+    pub fn runtime_dir(&self) -> &Path {
+        &self.runtime_root
+    }
+
+    /// The options.
+    #[must_use]
+    pub fn options(&self) -> &HostOptions {
+        &self.options
+    }
+
+    /// The Firecracker binary to run, checked.
+    ///
+    /// # Errors
+    /// [`ErrorCode::BinaryNotFound`] when it is missing or not executable.
+    pub async fn ensure_binary(&self) -> Result<PathBuf> {
+        match &self.options.firecracker {
+            FirecrackerBinary::Path(path) => {
+                if crate::doctor::is_executable(path) {
+                    Ok(path.clone())
+                } else {
+                    Err(Error::new(
+                        ErrorCode::BinaryNotFound,
+                        format!("{} is missing or not executable", path.display()),
+                    )
+                    .with_details(json!({ "path": path })))
+                }
+            }
+        }
+    }
+
+    async fn vm_options(&self) -> Result<VmRuntimeOptions> {
+        Ok(VmRuntimeOptions {
+            firecracker_bin: self.ensure_binary().await?,
+            runtime_root: self.runtime_root.clone(),
+            view_dir: self.view_dir.clone(),
+            ephemeral_writable_drives: self.options.ephemeral_writable_drives,
+            start_timeout: self.options.start_timeout,
+            stop_grace: self.options.stop_grace,
+            client: self.options.client,
+            env: self.options.firecracker_env.clone(),
+            extra_args: self.options.firecracker_args.clone(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<MicroVm>>> {
+        self.vms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn insert(&self, vm: Arc<MicroVm>) -> Result<Arc<MicroVm>> {
+        let mut vms = self.lock();
+        if vms.contains_key(vm.id()) {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("a VM with id {:?} exists already", vm.id()),
+            ));
+        }
+        vms.insert(vm.id().to_string(), Arc::clone(&vm));
+        Ok(vm)
+    }
+
+    /// Defines a VM (validated, not booted).
+    ///
+    /// # Errors
+    /// [`ErrorCode::InvalidConfig`] with every problem; [`ErrorCode::AlreadyExists`] for a
+    /// taken id; [`ErrorCode::BinaryNotFound`].
+    pub async fn create_vm(&self, id: impl Into<String>, config: VmConfig) -> Result<Arc<MicroVm>> {
+        let id = id.into();
+        crate::runtime::sanitize_vm_id(&id)?;
+        if self.lock().contains_key(&id) {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("a VM with id {id:?} exists already"),
+            ));
+        }
+        let vm = MicroVm::new(id, config, self.vm_options().await?)?;
+        self.insert(Arc::new(vm))
+    }
+
+    /// A VM by id.
+    #[must_use]
+    pub fn get_vm(&self, id: &str) -> Option<Arc<MicroVm>> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Every VM, by id.
+    #[must_use]
+    pub fn list_vms(&self) -> Vec<VmSummary> {
+        self.lock()
+            .values()
+            .map(|vm| VmSummary {
+                id: vm.id().to_string(),
+                state: vm.state(),
+            })
+            .collect()
+    }
+
+    /// How many VMs this host holds.
+    #[must_use]
+    pub fn vm_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Cleans a VM up and forgets it.
+    ///
+    /// # Errors
+    /// [`ErrorCode::NotFound`].
+    pub async fn remove_vm(&self, id: &str) -> Result<()> {
+        let vm = self
+            .lock()
+            .remove(id)
+            .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("no VM with id {id:?}")))?;
+        vm.cleanup().await
+    }
+
+    /// Stops every running or paused VM, all at once. Returns each VM's outcome.
+    pub async fn stop_all(&self) -> Vec<(String, Result<StopOutcome>)> {
+        let vms: Vec<Arc<MicroVm>> = self.lock().values().cloned().collect();
+        let tasks = vms
+            .into_iter()
+            .filter(|vm| matches!(vm.state(), VmState::Running | VmState::Paused))
+            .map(|vm| async move { (vm.id().to_string(), vm.stop().await) });
+        futures_util::future::join_all(tasks).await
+    }
+
+    /// Removes every VM and every host resource this host created, in parallel.
+    ///
+    /// # Errors
+    /// [`ErrorCode::CleanupFailed`] listing what could not be removed (everything else is).
+    pub async fn cleanup(&self) -> Result<()> {
+        let vms: Vec<Arc<MicroVm>> = std::mem::take(&mut *self.lock()).into_values().collect();
+        let results = futures_util::future::join_all(vms.iter().map(|vm| vm.cleanup())).await;
+        let failures: Vec<String> = results
+            .into_iter()
+            .zip(&vms)
+            .filter_map(|(r, vm)| r.err().map(|e| format!("{}: {}", vm.id(), e.chain())))
+            .collect();
+        if let Some(view) = &self.view_dir {
+            // Only the empty mount point this host made; never anything with content.
+            let _ = std::fs::remove_dir(view);
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorCode::CleanupFailed,
+                format!("{} VM(s) not fully cleaned up", failures.len()),
+            )
+            .with_details(json!({ "failures": failures })))
+        }
+    }
+
+    /// Runs [`cleanup`](Self::cleanup) when the process gets SIGINT or SIGTERM, then exits
+    /// with 130 (SIGINT) or 143 (SIGTERM).
+    pub fn install_signal_cleanup(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let host = Arc::clone(self);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            let code = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            if let Err(e) = host.cleanup().await {
+                tracing::warn!(error = %e.chain(), "cleanup on signal was incomplete");
+            }
+            std::process::exit(code);
+        })
+    }
+
+    /// Starts a fresh Firecracker and loads `snapshot` into it: the snapshot's private drives
+    /// are staged into the new VM's runtime dir, the vsock socket and TAPs are overridden, and
+    /// the result is tracked as a normal [`MicroVm`] (`Running` with `resume`, else `Paused`).
+    /// Restores of one snapshot may run concurrently.
+    ///
+    /// # Errors
+    /// [`ErrorCode::AlreadyExists`] for a taken id; [`ErrorCode::RestoreFailed`] for any
+    /// failure, with everything created for the new VM removed.
+    pub async fn restore_vm(
+        &self,
+        snapshot: &Snapshot,
+        options: RestoreOptions,
+    ) -> Result<Arc<MicroVm>> {
+        if snapshot.view_dir.is_some() && snapshot.view_dir != self.view_dir {
+            return Err(Error::new(
+                ErrorCode::RestoreFailed,
+                format!(
+                    "the snapshot was taken with runtime view {:?}; this host uses {:?}",
+                    snapshot.view_dir, self.view_dir
+                ),
+            ));
+        }
+        let vm_options = self.vm_options().await?;
+        let (id, runtime) = match options.id.clone() {
+            Some(id) => {
+                crate::runtime::sanitize_vm_id(&id)?;
+                if self.lock().contains_key(&id) {
+                    return Err(Error::new(
+                        ErrorCode::AlreadyExists,
+                        format!("a VM with id {id:?} exists already"),
+                    ));
+                }
+                let runtime = RuntimeDir::create(&self.runtime_root, &id)?;
+                (id, runtime)
+            }
+            // Concurrent restores race for the same generated id: creating the runtime dir
+            // (an atomic mkdir) decides who gets it.
+            None => self.claim_clone_id(&snapshot.source_vm)?,
+        };
+        let mut process = None;
+        match self
+            .restore_inner(snapshot, &options, &vm_options, &runtime, &id, &mut process)
+            .await
+        {
+            Ok((client, staged, effective)) => {
+                let parts = RestoredParts {
+                    runtime,
+                    process: process
+                        .ok_or_else(|| Error::new(ErrorCode::Internal, "no process"))?,
+                    client,
+                    effective,
+                    staged,
+                    taps: options.tap_overrides.values().cloned().collect(),
+                    resumed: options.resume,
+                };
+                let vm = Arc::new(MicroVm::restored(id, snapshot, vm_options, parts));
+                self.insert(vm)
+            }
+            Err(cause) => {
+                let log_tail = process
+                    .as_ref()
+                    .map(|p| p.log_tail(4096))
+                    .unwrap_or_default();
+                if let Some(mut p) = process {
+                    p.kill().await;
+                }
+                let _ = runtime.remove();
+                Err(Error::new(
+                    ErrorCode::RestoreFailed,
+                    format!("restoring {} from {} failed", id, snapshot.dir.display()),
+                )
+                .with_details(json!({
+                    "vm_id": id,
+                    "cause": cause.to_json(),
+                    "firecracker_log_tail": log_tail,
+                }))
+                .with_source(cause))
+            }
+        }
+    }
+
+    async fn restore_inner(
+        &self,
+        snapshot: &Snapshot,
+        options: &RestoreOptions,
+        vm_options: &VmRuntimeOptions,
+        runtime: &RuntimeDir,
+        id: &str,
+        process_slot: &mut Option<crate::process::SupervisedProcess>,
+    ) -> Result<(FirecrackerClient, Vec<StagedDrive>, VmConfig)> {
+        let view = vm_options.view_dir.as_deref();
+        let mut staged = Vec::new();
+        let mut effective = snapshot.effective_config.clone();
+        for drive in &snapshot.drives {
+            let file = runtime.drives_dir().join(format!("{}.img", drive.drive_id));
+            let method = stage_file(&drive.file, &file, ErrorCode::RestoreFailed)?;
+            staged.push(StagedDrive {
+                drive_id: drive.drive_id.clone(),
+                source: drive.file.clone(),
+                staged: file.clone(),
+                method,
+                allocated_bytes: allocated_bytes(&file).unwrap_or(0),
+            });
+            if let Some(d) = effective
+                .drives
+                .iter_mut()
+                .find(|d| d.drive_id == drive.drive_id)
+            {
+                d.path_on_host = Some(fc_path(view, runtime, &file));
+            }
+        }
+        let vsock_path = fc_path(view, runtime, &runtime.vsock_socket());
+        if let Some(v) = effective.vsock.as_mut() {
+            v.uds_path = Some(vsock_path.clone());
+        }
+        for iface in &mut effective.network_interfaces {
+            if let Some(tap) = options.tap_overrides.get(&iface.iface_id) {
+                iface.host_dev_name = Some(tap.clone());
+            }
+        }
+        let process = process_slot.insert(spawn_firecracker(vm_options, runtime, id)?);
+        let client = FirecrackerClient::with_options(runtime.api_socket(), vm_options.client);
+        wait_api(process, &client, vm_options.start_timeout).await?;
+        let network_overrides: Vec<NetworkOverride> = options
+            .tap_overrides
+            .iter()
+            .map(|(iface_id, tap)| NetworkOverride {
+                iface_id: iface_id.clone(),
+                host_dev_name: tap.clone(),
+            })
+            .collect();
+        client
+            .load_snapshot(&models::SnapshotLoadParams {
+                snapshot_path: snapshot.state_path.clone(),
+                mem_backend: Some(MemoryBackend {
+                    backend_type: MemoryBackendType::File,
+                    backend_path: snapshot.mem_path.clone(),
+                }),
+                mem_file_path: None,
+                track_dirty_pages: Some(snapshot.config.machine_config.track_dirty_pages),
+                enable_diff_snapshots: None,
+                resume_vm: Some(false),
+                network_overrides: (!network_overrides.is_empty()).then_some(network_overrides),
+                vsock_override: snapshot
+                    .effective_config
+                    .vsock
+                    .as_ref()
+                    .map(|_| VsockOverride {
+                        uds_path: vsock_path.clone(),
+                    }),
+                clock_realtime: None,
+            })
+            .await?;
+        if view.is_none() {
+            // Without a view, Firecracker reopened the source VM's drive files: point each
+            // private drive at this VM's own copy before the guest runs again.
+            for drive in &staged {
+                let update = DriveUpdate {
+                    drive_id: drive.drive_id.clone(),
+                    path_on_host: Some(drive.staged.clone()),
+                    rate_limiter: None,
+                };
+                client.patch_drive(&update.to_payload()?).await?;
+            }
+        }
+        if options.resume {
+            client.resume().await?;
+        }
+        Ok((client, staged, effective))
+    }
+}
+
+impl Host {
+    /// `<source>-clone-<n>` with the smallest free `n`, and its runtime dir.
+    fn claim_clone_id(&self, source: &str) -> Result<(String, RuntimeDir)> {
+        for n in 1..=100_000u32 {
+            let candidate = format!("{source}-clone-{n}");
+            if self.lock().contains_key(&candidate) {
+                continue;
+            }
+            match RuntimeDir::create(&self.runtime_root, &candidate) {
+                Ok(runtime) => return Ok((candidate, runtime)),
+                Err(e) if e.code() == ErrorCode::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::new(
+            ErrorCode::RestoreFailed,
+            format!("no free clone id for {source}"),
+        ))
+    }
+}
