@@ -473,11 +473,12 @@ impl MicroVm {
     /// [`ErrorCode::InvalidState`] unless `Running` or `Paused`.
     pub async fn stop_with_grace(&self, grace: Duration) -> Result<StopOutcome> {
         let mut inner = self.inner.lock().await;
+        Operation::Stop.check(inner.state)?;
+        // Firecracker may have exited on its own since the last operation.
         self.reap_if_exited(&mut inner);
         if inner.state == VmState::Stopped {
             return Ok(StopOutcome::AlreadyExited);
         }
-        Operation::Stop.check(inner.state)?;
         let client = self.require_client(&inner)?;
         let paused = inner.state == VmState::Paused;
         // A paused guest cannot react to Ctrl+Alt+Del.
@@ -779,6 +780,9 @@ pub(crate) fn spawn_firecracker(
         .arg(crate::runtime::sanitize_vm_id(id)?);
     spec.args.extend(options.extra_args.iter().cloned());
     spec.env.extend(options.env.iter().cloned());
+    // Relative paths Firecracker is given (and anything it writes by itself) stay in the VM's
+    // own directory.
+    spec.cwd = Some(runtime.path().to_path_buf());
     if let Some(view) = view {
         spec.bind_view = Some((runtime.path().to_path_buf(), view.to_path_buf()));
     }
