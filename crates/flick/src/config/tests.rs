@@ -162,6 +162,24 @@ fn drive_rules() {
 }
 
 #[test]
+fn shared_backing_files_must_be_read_only_everywhere() {
+    let shared = |first_ro: bool, second_ro: bool, eph: Option<bool>| {
+        let mut a = Drive::new("a", "/images/shared.img");
+        a.is_read_only = first_ro;
+        a.ephemeral = eph;
+        let mut b = Pmem::new("b", "/images/shared.img");
+        b.read_only = second_ro;
+        fields(&VmConfig::with_kernel("/k").with_drive(a).with_pmem(b))
+    };
+    assert!(shared(true, true, None).is_empty());
+    assert_eq!(shared(false, true, None), ["pmem[0].path_on_host"]);
+    assert_eq!(shared(true, false, None), ["pmem[0].path_on_host"]);
+    // An ephemeral drive writes to its own staged copy.
+    assert!(shared(false, true, Some(true)).is_empty());
+    assert_eq!(shared(false, true, Some(false)), ["pmem[0].path_on_host"]);
+}
+
+#[test]
 fn one_root_across_drives_and_pmem() {
     let mut pm = Pmem::new("pm0", "/images/pm.img");
     pm.root_device = true;
@@ -572,6 +590,7 @@ fn drive(i: usize) -> impl Strategy<Value = Drive> {
     )
         .prop_map(move |(p, vhost, ro, cache, io, rl, eph)| {
             let id = format!("d{i}");
+            let p = PathBuf::from(format!("/d{i}")).join(p.strip_prefix("/").unwrap_or(&p));
             if vhost {
                 let mut d = Drive::vhost_user(id, p);
                 d.cache_type = cache;

@@ -47,6 +47,7 @@ impl VmConfig {
         self.check_drives(p);
         self.check_pmem(p);
         self.check_roots(p);
+        self.check_shared_files(p);
         self.check_interfaces(p);
         self.check_vsock(p);
         self.check_balloon(p);
@@ -202,6 +203,39 @@ impl VmConfig {
                     format!("{id:?} is a second root device; {root:?} is already the root"),
                 ),
             }
+        }
+    }
+
+    /// Two devices on one backing file corrupt it unless neither writes to it. An ephemeral
+    /// drive writes to a private copy, so it counts as not writing.
+    fn check_shared_files(&self, p: &mut Problems) {
+        let drives = self.drives.iter().enumerate().filter_map(|(i, d)| {
+            let writes = !d.is_read_only && d.ephemeral != Some(true);
+            d.path_on_host
+                .as_deref()
+                .map(|path| (format!("drives[{i}].path_on_host"), path, writes))
+        });
+        let pmem = self.pmem.iter().enumerate().map(|(i, d)| {
+            (
+                format!("pmem[{i}].path_on_host"),
+                d.path_on_host.as_path(),
+                !d.read_only,
+            )
+        });
+        let mut seen: Vec<(String, &std::path::Path, bool)> = Vec::new();
+        for (field, path, writes) in drives.chain(pmem) {
+            if let Some((other, _, other_writes)) = seen.iter().find(|(_, q, _)| *q == path)
+                && (writes || *other_writes)
+            {
+                p.push(
+                    &field,
+                    format!(
+                        "{} is also the backing file of {other}; a shared file must be read-only everywhere",
+                        path.display()
+                    ),
+                );
+            }
+            seen.push((field, path, writes));
         }
     }
 
