@@ -277,7 +277,7 @@ fn maximal_config_sets_every_field_the_spec_defines() {
 #[test]
 fn update_payloads_match_the_spec() {
     let spec = Spec::bundled();
-    let machine = maximal().machine_config;
+    let current = maximal();
     let mut calls = vec![
         DriveUpdate {
             drive_id: "data".into(),
@@ -303,11 +303,11 @@ fn update_payloads_match_the_spec() {
             vcpu_count: Some(2),
             mem_size_mib: Some(512),
             smt: Some(false),
-            cpu_template: Some(CpuTemplate::T2),
+            cpu_template: Some(CpuTemplate::None),
             track_dirty_pages: Some(false),
             huge_pages: Some(HugePages::None),
         }
-        .api_call(&machine)
+        .api_call(&current)
         .unwrap(),
         MemoryHotplugUpdate {
             requested_size_mib: 512,
@@ -320,7 +320,7 @@ fn update_payloads_match_the_spec() {
             amount_mib: Some(128),
             stats_polling_interval_s: Some(2),
         }
-        .api_calls(1024)
+        .api_calls(&current)
         .unwrap(),
     );
     assert!(calls.iter().all(|c| c.method == http::Method::PATCH));
