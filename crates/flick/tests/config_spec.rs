@@ -168,6 +168,22 @@ fn maximal_and_minimal_payloads_match_the_spec() {
 }
 
 #[test]
+fn path_ids_match_body_ids() {
+    // Firecracker refuses a body whose id differs from the one in the path.
+    let spec = Spec::bundled();
+    let mut checked = 0;
+    for call in maximal().to_payloads().unwrap().requests() {
+        let op = spec.find_operation("PUT", &call.path).unwrap();
+        for (name, value) in &op.params {
+            let key = if name == "id" { "id" } else { name.as_str() };
+            assert_eq!(call.body[key], json!(value), "{}", call.path);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6, "three drives, one pmem, two interfaces");
+}
+
+#[test]
 fn maximal_config_covers_every_pre_boot_put_endpoint() {
     let spec = Spec::bundled();
     // PUTs that are actions or snapshots, not configuration resources.
