@@ -120,15 +120,19 @@ impl VmConfig {
             }
             if let Some(socket) = &d.socket {
                 check_socket_path(&format!("{at}.socket"), socket, p);
-                let vhost_only = "is a virtio-block setting; a vhost-user drive must omit it";
+            }
+            // A drive with both kinds set is reported above; the vhost-user rules apply to a
+            // clear vhost-user drive only.
+            if d.socket.is_some() && d.path_on_host.is_none() {
+                let virtio_only = "is a virtio-block setting; a vhost-user drive must omit it";
                 if d.is_read_only {
-                    p.push(format!("{at}.is_read_only"), vhost_only);
+                    p.push(format!("{at}.is_read_only"), virtio_only);
                 }
                 if d.io_engine.is_some() {
-                    p.push(format!("{at}.io_engine"), vhost_only);
+                    p.push(format!("{at}.io_engine"), virtio_only);
                 }
                 if d.rate_limiter.is_some() {
-                    p.push(format!("{at}.rate_limiter"), vhost_only);
+                    p.push(format!("{at}.rate_limiter"), virtio_only);
                 }
                 if d.ephemeral == Some(true) {
                     p.push(
