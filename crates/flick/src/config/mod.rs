@@ -288,6 +288,24 @@ impl VmConfig {
         self
     }
 
+    /// Parses a config from flick's JSON (unknown keys are refused). Parsing does not
+    /// validate; call [`validate`](Self::validate) next.
+    ///
+    /// # Errors
+    /// [`ErrorCode::InvalidConfig`](crate::ErrorCode::InvalidConfig) whose details give the
+    /// `line` and `column` serde stopped at.
+    pub fn from_json(text: &str) -> crate::Result<Self> {
+        serde_json::from_str(text).map_err(|err| {
+            let details = serde_json::json!({ "line": err.line(), "column": err.column() });
+            crate::Error::new(
+                crate::ErrorCode::InvalidConfig,
+                "VM config is not valid JSON for flick's schema",
+            )
+            .with_details(details)
+            .with_source(err)
+        })
+    }
+
     /// The root device's id, if any drive or pmem device is marked root.
     #[must_use]
     pub fn root_device_id(&self) -> Option<&str> {

@@ -569,8 +569,16 @@ fn user_json_uses_snake_case_and_accepts_firecracker_spelling() {
     assert_eq!(back["drives"][0]["cache_type"], "writeback");
     assert_eq!(back["logger"]["level"], "debug");
     assert_eq!(back["mmds_config"]["version"], "v2");
-    let typo = r#"{"boot_source": {"kernel_image_path": "/k"}, "drivez": []}"#;
-    assert!(serde_json::from_str::<VmConfig>(typo).is_err());
+    let typo = "{\"boot_source\": {\"kernel_image_path\": \"/k\"},\n \"drivez\": []}";
+    let err = VmConfig::from_json(typo).unwrap_err();
+    assert_eq!(err.code(), crate::ErrorCode::InvalidConfig);
+    assert_eq!(err.details().unwrap()["line"], 2);
+    assert!(
+        err.chain().contains("unknown field `drivez`"),
+        "{}",
+        err.chain()
+    );
+    assert_eq!(VmConfig::from_json(text).unwrap(), c);
     let defaults: VmConfig =
         serde_json::from_str(r#"{"boot_source": {"kernel_image_path": "/k"}}"#).unwrap();
     assert_eq!(defaults, VmConfig::with_kernel("/k"));
