@@ -35,7 +35,7 @@ pub(crate) fn check_memory(at: &str, mib: u32, huge: HugePages, p: &mut Problems
     } else if huge == HugePages::Huge2M && !mib.is_multiple_of(2) {
         p.push(
             at,
-            format!("{mib} MiB is not a multiple of 2 MiB, as 2M huge pages need"),
+            format!("{mib} MiB is not a multiple of 2 MiB, which 2M huge pages need"),
         );
     }
 }
@@ -234,8 +234,8 @@ impl VmConfig {
                 p.push(
                     &field,
                     format!(
-                        "{} is also the backing file of {other}; a shared file must be read-only everywhere",
-                        path.display()
+                        "{:?} is also the backing file of {other}; a shared file must be read-only everywhere",
+                        path.display().to_string()
                     ),
                 );
             }
