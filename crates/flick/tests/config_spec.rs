@@ -15,6 +15,7 @@ use flick::config::{
     VmConfig, Vsock,
 };
 use flick_testkit::spec::Spec;
+use proptest::prelude::*;
 use serde_json::{Value, json};
 
 fn limiter(seed: u64) -> RateLimiter {
@@ -168,6 +169,22 @@ fn maximal_and_minimal_payloads_match_the_spec() {
 }
 
 #[test]
+fn path_ids_match_body_ids() {
+    // Firecracker refuses a body whose id differs from the one in the path.
+    let spec = Spec::bundled();
+    let mut checked = 0;
+    for call in maximal().to_payloads().unwrap().requests() {
+        let op = spec.find_operation("PUT", &call.path).unwrap();
+        for (name, value) in &op.params {
+            let key = if name == "id" { "id" } else { name.as_str() };
+            assert_eq!(call.body[key], json!(value), "{}", call.path);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6, "three drives, one pmem, two interfaces");
+}
+
+#[test]
 fn maximal_config_covers_every_pre_boot_put_endpoint() {
     let spec = Spec::bundled();
     // PUTs that are actions or snapshots, not configuration resources.
@@ -277,7 +294,7 @@ fn maximal_config_sets_every_field_the_spec_defines() {
 #[test]
 fn update_payloads_match_the_spec() {
     let spec = Spec::bundled();
-    let machine = maximal().machine_config;
+    let current = maximal();
     let mut calls = vec![
         DriveUpdate {
             drive_id: "data".into(),
@@ -303,11 +320,11 @@ fn update_payloads_match_the_spec() {
             vcpu_count: Some(2),
             mem_size_mib: Some(512),
             smt: Some(false),
-            cpu_template: Some(CpuTemplate::T2),
+            cpu_template: Some(CpuTemplate::None),
             track_dirty_pages: Some(false),
             huge_pages: Some(HugePages::None),
         }
-        .api_call(&machine)
+        .api_call(&current)
         .unwrap(),
         MemoryHotplugUpdate {
             requested_size_mib: 512,
@@ -320,7 +337,7 @@ fn update_payloads_match_the_spec() {
             amount_mib: Some(128),
             stats_polling_interval_s: Some(2),
         }
-        .api_calls(1024)
+        .api_calls(&current)
         .unwrap(),
     );
     assert!(calls.iter().all(|c| c.method == http::Method::PATCH));
@@ -458,4 +475,88 @@ fn minimal_payload_snapshots() {
         .map(|c| json!({"method": c.method.as_str(), "path": c.path, "body": c.body}))
         .collect();
     insta::assert_json_snapshot!("minimal_requests", all);
+}
+
+/// JSON pointers of every leaf (and every array or object, so whole parts can be replaced).
+fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                pointers(v, format!("{at}/{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                pointers(v, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+    if !at.is_empty() {
+        out.push(at);
+    }
+}
+
+/// A replacement of the same JSON kind as `old` (so the result usually still deserializes and
+/// the interesting part, flick's validation, runs), or now and then a value of another kind.
+fn replacement(old: &Value, pick: u8, num: i64, text: &str) -> Value {
+    match (old, pick % 8) {
+        (_, 7) => {
+            [Value::Null, json!({}), json!([]), json!(text)][usize::from(pick / 8 % 4)].clone()
+        }
+        (Value::Bool(b), _) => Value::Bool(!b),
+        (Value::Number(_), 0) => json!(num),
+        (Value::Number(_), 1) => json!(u64::MAX - (num.unsigned_abs() % 4)),
+        (Value::Number(_), _) => json!(num.rem_euclid(300)),
+        (Value::String(_), 0..=2) => json!(text),
+        (Value::String(s), 3) => json!(format!("{s}{text}")),
+        (Value::String(s), 4) => json!(s.trim_start_matches('/')),
+        (Value::String(s), _) => json!(s.chars().rev().collect::<String>()),
+        (Value::Array(items), _) => json!(items.iter().chain(items.iter()).collect::<Vec<_>>()),
+        (other, _) => other.clone(),
+    }
+}
+
+static SPEC: std::sync::LazyLock<Spec> = std::sync::LazyLock::new(Spec::bundled);
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Whatever flick accepts, Firecracker's spec accepts: mutate the maximal config's JSON in
+    /// up to three places; if the result still deserializes and converts, every request body
+    /// must conform to the spec. Nothing may panic on the way.
+    #[test]
+    fn whatever_flick_accepts_the_spec_accepts(
+        picks in proptest::collection::vec(
+            (any::<proptest::sample::Index>(), any::<u8>(), any::<i64>(), "[ -~]{0,12}"),
+            1..4,
+        ),
+    ) {
+        let spec = &*SPEC;
+        let mut value = serde_json::to_value(maximal()).unwrap();
+        for (index, pick, num, text) in picks {
+            let mut all = Vec::new();
+            pointers(&value, String::new(), &mut all);
+            let at = index.get(&all).clone();
+            if let Some(slot) = value.pointer_mut(&at) {
+                *slot = replacement(slot, pick, num, &text);
+            }
+        }
+        let parsed = serde_json::from_value::<VmConfig>(value);
+        // A value of the wrong type or range is serde's to refuse; those cases are skipped.
+        prop_assume!(parsed.is_ok());
+        let config = parsed.unwrap();
+        let problems = config.problems();
+        match config.to_payloads() {
+            Ok(payloads) => {
+                prop_assert!(problems.is_empty());
+                let calls = payloads.requests();
+                let found: Vec<String> = calls.iter().flat_map(|c| violations(spec, c)).collect();
+                prop_assert!(found.is_empty(), "flick accepted what the spec refuses: {:?}", found);
+            }
+            Err(e) => {
+                prop_assert_eq!(e.code(), flick::ErrorCode::InvalidConfig);
+            }
+        }
+    }
 }

@@ -15,6 +15,28 @@
 //! [`NetworkInterface::host_dev_name`] / [`Vsock::uds_path`] may stay unset until networking or
 //! the runtime fills them in; [`to_payloads`](VmConfig::to_payloads) insists on them.
 //!
+//! ```
+//! use flick::config::{Drive, NetworkInterface, VmConfig, Vsock};
+//!
+//! let config = VmConfig::new("/images/vmlinux", "/images/rootfs.ext4")
+//!     .with_boot_args("console=ttyS0 reboot=k panic=1")
+//!     .with_vcpus(2)
+//!     .with_memory_mib(512)
+//!     .with_drive(Drive::new("data", "/images/data.img").read_only())
+//!     .with_network_interface(NetworkInterface::with_tap("eth0", "tap0"))
+//!     .with_vsock(Vsock::new(3));
+//! // The vsock socket is still missing: validation passes, conversion insists.
+//! config.validate()?;
+//! let err = config.to_payloads().unwrap_err();
+//! assert_eq!(err.code(), flick::ErrorCode::InvalidConfig);
+//! assert_eq!(config.problems(), vec![]);
+//!
+//! let broken = config.clone().with_vcpus(0).with_drive(Drive::new("data", "/images/b.img"));
+//! let fields: Vec<_> = broken.problems().into_iter().map(|p| p.field).collect();
+//! assert_eq!(fields, ["machine_config.vcpu_count", "drives[2].drive_id"]);
+//! # Ok::<(), flick::Error>(())
+//! ```
+//!
 //! Post-boot (and pre-boot machine-config) changes have their own types in [`DriveUpdate`],
 //! [`NetworkInterfaceUpdate`], [`PmemUpdate`], [`BalloonUpdate`], [`MachineConfigUpdate`] and
 //! [`MemoryHotplugUpdate`].
@@ -264,6 +286,24 @@ impl VmConfig {
     pub fn with_memory_hotplug(mut self, hotplug: MemoryHotplug) -> Self {
         self.memory_hotplug = Some(hotplug);
         self
+    }
+
+    /// Parses a config from flick's JSON (unknown keys are refused). Parsing does not
+    /// validate; call [`validate`](Self::validate) next.
+    ///
+    /// # Errors
+    /// [`ErrorCode::InvalidConfig`](crate::ErrorCode::InvalidConfig) whose details give the
+    /// `line` and `column` serde stopped at.
+    pub fn from_json(text: &str) -> crate::Result<Self> {
+        serde_json::from_str(text).map_err(|err| {
+            let details = serde_json::json!({ "line": err.line(), "column": err.column() });
+            crate::Error::new(
+                crate::ErrorCode::InvalidConfig,
+                "VM config is not valid JSON for flick's schema",
+            )
+            .with_details(details)
+            .with_source(err)
+        })
     }
 
     /// The root device's id, if any drive or pmem device is marked root.

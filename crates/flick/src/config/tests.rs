@@ -38,6 +38,65 @@ fn minimal_config_is_valid_and_converts() {
 }
 
 #[test]
+fn requests_follow_the_documented_order() {
+    let mut c = base()
+        .with_pmem(Pmem::new("pm", "/images/pm.img"))
+        .with_network_interface(NetworkInterface::with_tap("eth0", "tap0"))
+        .with_vsock(Vsock {
+            guest_cid: 3,
+            uds_path: Some("/run/v.sock".into()),
+        })
+        .with_balloon(Balloon::default())
+        .with_mmds(MmdsConfig::v2(["eth0"]))
+        .with_mmds_data(json!({}))
+        .with_logger(Logger::default())
+        .with_metrics("/run/m")
+        .with_entropy(Entropy::default())
+        .with_serial(Serial::default())
+        .with_memory_hotplug(MemoryHotplug::new(128))
+        .with_cpu_config(CpuConfig::default());
+    c.drives.push(Drive::new("data", "/images/d.img"));
+    let paths: Vec<String> = c
+        .to_payloads()
+        .unwrap()
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/logger",
+            "/metrics",
+            "/machine-config",
+            "/cpu-config",
+            "/boot-source",
+            "/drives/rootfs",
+            "/drives/data",
+            "/pmem/pm",
+            "/network-interfaces/eth0",
+            "/vsock",
+            "/balloon",
+            "/entropy",
+            "/serial",
+            "/hotplug/memory",
+            "/mmds/config",
+            "/mmds",
+        ]
+    );
+}
+
+#[test]
+fn an_unserializable_body_becomes_null_instead_of_panicking() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut payloads = base().to_payloads().unwrap();
+    payloads.boot_source.kernel_image_path = PathBuf::from(std::ffi::OsStr::from_bytes(b"/k\xff"));
+    let calls = payloads.requests();
+    assert_eq!(calls[1].path, "/boot-source");
+    assert_eq!(calls[1].body, serde_json::Value::Null);
+}
+
+#[test]
 fn duplicate_drive_id_message_matches_the_documented_format() {
     let config = base().with_drive(Drive::new("rootfs", "/images/data.img"));
     let err = config.validate().unwrap_err();
@@ -159,6 +218,24 @@ fn drive_rules() {
     assert!(fields(&root).is_empty());
     root.drives[0].partuuid = Some("0eaa91a0 01".into());
     assert_eq!(fields(&root), ["drives[0].partuuid"]);
+}
+
+#[test]
+fn shared_backing_files_must_be_read_only_everywhere() {
+    let shared = |first_ro: bool, second_ro: bool, eph: Option<bool>| {
+        let mut a = Drive::new("a", "/images/shared.img");
+        a.is_read_only = first_ro;
+        a.ephemeral = eph;
+        let mut b = Pmem::new("b", "/images/shared.img");
+        b.read_only = second_ro;
+        fields(&VmConfig::with_kernel("/k").with_drive(a).with_pmem(b))
+    };
+    assert!(shared(true, true, None).is_empty());
+    assert_eq!(shared(false, true, None), ["pmem[0].path_on_host"]);
+    assert_eq!(shared(true, false, None), ["pmem[0].path_on_host"]);
+    // An ephemeral drive writes to its own staged copy.
+    assert!(shared(false, true, Some(true)).is_empty());
+    assert_eq!(shared(false, true, Some(false)), ["pmem[0].path_on_host"]);
 }
 
 #[test]
@@ -492,8 +569,16 @@ fn user_json_uses_snake_case_and_accepts_firecracker_spelling() {
     assert_eq!(back["drives"][0]["cache_type"], "writeback");
     assert_eq!(back["logger"]["level"], "debug");
     assert_eq!(back["mmds_config"]["version"], "v2");
-    let typo = r#"{"boot_source": {"kernel_image_path": "/k"}, "drivez": []}"#;
-    assert!(serde_json::from_str::<VmConfig>(typo).is_err());
+    let typo = "{\"boot_source\": {\"kernel_image_path\": \"/k\"},\n \"drivez\": []}";
+    let err = VmConfig::from_json(typo).unwrap_err();
+    assert_eq!(err.code(), crate::ErrorCode::InvalidConfig);
+    assert_eq!(err.details().unwrap()["line"], 2);
+    assert!(
+        err.chain().contains("unknown field `drivez`"),
+        "{}",
+        err.chain()
+    );
+    assert_eq!(VmConfig::from_json(text).unwrap(), c);
     let defaults: VmConfig =
         serde_json::from_str(r#"{"boot_source": {"kernel_image_path": "/k"}}"#).unwrap();
     assert_eq!(defaults, VmConfig::with_kernel("/k"));
@@ -572,6 +657,7 @@ fn drive(i: usize) -> impl Strategy<Value = Drive> {
     )
         .prop_map(move |(p, vhost, ro, cache, io, rl, eph)| {
             let id = format!("d{i}");
+            let p = PathBuf::from(format!("/d{i}")).join(p.strip_prefix("/").unwrap_or(&p));
             if vhost {
                 let mut d = Drive::vhost_user(id, p);
                 d.cache_type = cache;
@@ -883,6 +969,46 @@ proptest! {
     }
 
     #[test]
+    fn overrides_change_only_what_they_name(
+        c in valid_config(),
+        drive_dir in "/[a-z]{1,8}",
+        tap_prefix in "[a-z]{1,4}",
+        sock in "/[a-z]{1,8}/v[.]sock",
+    ) {
+        let before = c.clone();
+        let mut o = Overrides::default();
+        for d in c.drives.iter().filter(|d| !d.is_vhost_user()) {
+            o.drive_paths.insert(d.drive_id.clone(), PathBuf::from(format!("{drive_dir}/{}.img", d.drive_id)));
+        }
+        for (i, n) in c.network_interfaces.iter().enumerate() {
+            o.host_dev_names.insert(n.iface_id.clone(), format!("{tap_prefix}{i}"));
+        }
+        if c.vsock.is_some() {
+            o.vsock_uds_path = Some(sock.clone().into());
+        }
+        let staged = c.with_overrides(&o).unwrap();
+        prop_assert_eq!(&c, &before);
+        prop_assert_eq!(staged.problems(), vec![]);
+        prop_assert!(staged.to_payloads().is_ok());
+        prop_assert_eq!(staged.drives.len(), c.drives.len());
+        for (new, old) in staged.drives.iter().zip(&c.drives) {
+            match o.drive_paths.get(&new.drive_id) {
+                Some(p) => prop_assert_eq!(new.path_on_host.as_ref(), Some(p)),
+                None => prop_assert_eq!(new, old),
+            }
+            prop_assert_eq!(new.is_root_device, old.is_root_device);
+            prop_assert_eq!(new.ephemeral, old.ephemeral);
+        }
+        for (new, old) in staged.network_interfaces.iter().zip(&c.network_interfaces) {
+            prop_assert_eq!(new.host_dev_name.as_ref(), o.host_dev_names.get(&new.iface_id));
+            prop_assert_eq!(&new.guest_mac, &old.guest_mac);
+        }
+        prop_assert_eq!(&staged.machine_config, &c.machine_config);
+        prop_assert_eq!(&staged.boot_source, &c.boot_source);
+        prop_assert_eq!(&staged.mmds_config, &c.mmds_config);
+    }
+
+    #[test]
     fn validation_never_panics_on_arbitrary_values(
         vcpus in any::<u8>(),
         mem in any::<u32>(),
@@ -922,6 +1048,17 @@ proptest! {
             });
         let before = c.clone();
         let problems = c.problems();
+        match c.validate() {
+            Ok(()) => prop_assert!(problems.is_empty()),
+            Err(e) => {
+                prop_assert_eq!(e.code(), crate::ErrorCode::InvalidConfig);
+                let listed = e.details().unwrap()["problems"].as_array().unwrap().len();
+                prop_assert_eq!(listed, problems.len());
+                let first = problems[0].to_string();
+                prop_assert!(e.message().ends_with(first.as_str()));
+            }
+        }
+        prop_assert_eq!(c.problems(), problems.clone(), "validation is deterministic");
         match c.to_payloads() {
             Ok(p) => {
                 prop_assert!(problems.is_empty());

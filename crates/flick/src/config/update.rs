@@ -166,13 +166,19 @@ pub struct BalloonUpdate {
 }
 
 impl BalloonUpdate {
-    /// Validates and returns the one or two requests, size first. `mem_size_mib` is the
-    /// guest's memory, which the target may not exceed.
+    /// Validates against the VM's configuration and returns the one or two requests, size
+    /// first. The target may not exceed the guest's memory; the interval can only change when
+    /// statistics were enabled before boot.
     ///
     /// # Errors
     /// [`ErrorCode::InvalidConfig`](crate::ErrorCode::InvalidConfig) listing every problem.
-    pub fn api_calls(&self, mem_size_mib: u32) -> crate::Result<Vec<ApiCall>> {
+    pub fn api_calls(&self, current: &super::VmConfig) -> crate::Result<Vec<ApiCall>> {
         let mut p = Problems::default();
+        let mem_size_mib = current.machine_config.mem_size_mib;
+        let Some(balloon) = &current.balloon else {
+            p.push("balloon", "the VM has no balloon device");
+            return p.into_result("balloon update").map(|()| Vec::new());
+        };
         if let Some(amount) = self.amount_mib
             && amount > mem_size_mib
         {
@@ -181,11 +187,18 @@ impl BalloonUpdate {
                 format!("{amount} MiB is more than the guest's {mem_size_mib} MiB of memory"),
             );
         }
-        if self.stats_polling_interval_s == Some(0) {
-            p.push(
-                "stats_polling_interval_s",
-                "must be positive; statistics cannot be switched off after boot",
-            );
+        if let Some(interval) = self.stats_polling_interval_s {
+            if interval == 0 {
+                p.push(
+                    "stats_polling_interval_s",
+                    "must be positive; statistics cannot be switched off after boot",
+                );
+            } else if balloon.stats_polling_interval_s.unwrap_or(0) == 0 {
+                p.push(
+                    "stats_polling_interval_s",
+                    "statistics were not enabled before boot and cannot be switched on after",
+                );
+            }
         }
         if self.amount_mib.is_none() && self.stats_polling_interval_s.is_none() {
             p.push("amount_mib", "the update changes nothing");
@@ -236,23 +249,38 @@ pub struct MachineConfigUpdate {
 }
 
 impl MachineConfigUpdate {
-    /// Validates the update applied on top of `current` and converts it into the wire body.
+    /// The machine config after this update.
+    #[must_use]
+    pub fn apply_to(&self, current: &super::MachineConfig) -> super::MachineConfig {
+        super::MachineConfig {
+            vcpu_count: self.vcpu_count.unwrap_or(current.vcpu_count),
+            mem_size_mib: self.mem_size_mib.unwrap_or(current.mem_size_mib),
+            smt: self.smt.unwrap_or(current.smt),
+            cpu_template: self.cpu_template.or(current.cpu_template),
+            track_dirty_pages: self.track_dirty_pages.unwrap_or(current.track_dirty_pages),
+            huge_pages: self.huge_pages.unwrap_or(current.huge_pages),
+        }
+    }
+
+    /// Validates the update applied on top of `current` (the vCPU, memory, balloon and CPU
+    /// template rules of [`VmConfig::validate`](super::VmConfig::validate)) and converts it
+    /// into the wire body.
     ///
     /// # Errors
     /// [`ErrorCode::InvalidConfig`](crate::ErrorCode::InvalidConfig) listing every problem.
     pub fn to_payload(
         &self,
-        current: &super::MachineConfig,
+        current: &super::VmConfig,
     ) -> crate::Result<models::MachineConfigurationUpdate> {
         let mut p = Problems::default();
         if *self == Self::default() {
             p.push("machine_config", "the update changes nothing");
         }
-        let vcpus = self.vcpu_count.unwrap_or(current.vcpu_count);
-        let smt = self.smt.unwrap_or(current.smt);
+        let next = self.apply_to(&current.machine_config);
+        let vcpus = next.vcpu_count;
         if !(1..=MAX_VCPUS).contains(&vcpus) {
             p.push("vcpu_count", format!("{vcpus} is outside 1..={MAX_VCPUS}"));
-        } else if smt && vcpus > 1 && !vcpus.is_multiple_of(2) {
+        } else if next.smt && vcpus > 1 && !vcpus.is_multiple_of(2) {
             let field = if self.vcpu_count.is_some() {
                 "vcpu_count"
             } else {
@@ -263,14 +291,30 @@ impl MachineConfigUpdate {
                 format!("{vcpus} vCPUs is odd; with SMT it must be 1 or even"),
             );
         }
-        let mem = self.mem_size_mib.unwrap_or(current.mem_size_mib);
-        let huge = self.huge_pages.unwrap_or(current.huge_pages);
         let field = if self.mem_size_mib.is_some() || self.huge_pages.is_none() {
             "mem_size_mib"
         } else {
             "huge_pages"
         };
-        check_memory(field, mem, huge, &mut p);
+        check_memory(field, next.mem_size_mib, next.huge_pages, &mut p);
+        if let Some(b) = &current.balloon
+            && b.amount_mib > next.mem_size_mib
+        {
+            p.push(
+                "mem_size_mib",
+                format!(
+                    "{} MiB is less than the balloon's {} MiB target",
+                    next.mem_size_mib, b.amount_mib
+                ),
+            );
+        }
+        if current.cpu_config.is_some() && self.cpu_template.is_some_and(|t| t != CpuTemplate::None)
+        {
+            p.push(
+                "cpu_template",
+                "conflicts with cpu_config: Firecracker applies only one CPU template",
+            );
+        }
         p.into_result("machine config update")?;
         Ok(models::MachineConfigurationUpdate {
             vcpu_count: self.vcpu_count,
@@ -289,7 +333,7 @@ impl MachineConfigUpdate {
     ///
     /// # Errors
     /// As [`to_payload`](Self::to_payload).
-    pub fn api_call(&self, current: &super::MachineConfig) -> crate::Result<ApiCall> {
+    pub fn api_call(&self, current: &super::VmConfig) -> crate::Result<ApiCall> {
         Ok(ApiCall::patch(
             "/machine-config",
             &self.to_payload(current)?,
@@ -345,7 +389,7 @@ impl MemoryHotplugUpdate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{MachineConfig, MemoryHotplug, TokenBucket};
+    use crate::config::{Balloon, CpuConfig, MachineConfig, MemoryHotplug, TokenBucket, VmConfig};
     use std::time::Duration;
 
     fn fields(err: &crate::Error) -> Vec<String> {
@@ -424,31 +468,55 @@ mod tests {
 
     #[test]
     fn balloon_update_checks_memory_and_stats() {
+        let with_stats = VmConfig::new("/k", "/r").with_balloon(Balloon {
+            amount_mib: 0,
+            deflate_on_oom: true,
+            stats_polling_interval_s: Some(1),
+            ..Balloon::default()
+        });
         let u = BalloonUpdate {
             amount_mib: Some(64),
             stats_polling_interval_s: Some(5),
         };
-        let calls = u.api_calls(128).unwrap();
+        let calls = u.api_calls(&with_stats).unwrap();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].path, "/balloon");
         assert_eq!(calls[0].body, serde_json::json!({"amount_mib": 64}));
         assert_eq!(calls[1].path, "/balloon/statistics");
+        assert_eq!(
+            calls[1].body,
+            serde_json::json!({"stats_polling_interval_s": 5})
+        );
         let bad = BalloonUpdate {
             amount_mib: Some(256),
             stats_polling_interval_s: Some(0),
         };
-        let err = bad.api_calls(128).unwrap_err();
+        let err = bad.api_calls(&with_stats).unwrap_err();
         assert_eq!(fields(&err), ["amount_mib", "stats_polling_interval_s"]);
-        assert!(BalloonUpdate::default().api_calls(128).is_err());
+        assert!(BalloonUpdate::default().api_calls(&with_stats).is_err());
+
+        // Statistics that were off before boot stay off.
+        let mut no_stats = with_stats.clone();
+        no_stats.balloon.as_mut().unwrap().stats_polling_interval_s = Some(0);
+        let stats = BalloonUpdate {
+            amount_mib: None,
+            stats_polling_interval_s: Some(5),
+        };
+        assert_eq!(
+            fields(&stats.api_calls(&no_stats).unwrap_err()),
+            ["stats_polling_interval_s"]
+        );
+        let no_balloon = VmConfig::new("/k", "/r");
+        assert_eq!(fields(&u.api_calls(&no_balloon).unwrap_err()), ["balloon"]);
     }
 
     #[test]
     fn machine_update_uses_current_values_for_cross_checks() {
-        let current = MachineConfig {
+        let current = VmConfig::new("/k", "/r").with_machine_config(MachineConfig {
             vcpu_count: 3,
             mem_size_mib: 255,
             ..MachineConfig::default()
-        };
+        });
         let smt = MachineConfigUpdate {
             smt: Some(true),
             ..Default::default()
@@ -470,6 +538,11 @@ mod tests {
         let call = ok.api_call(&current).unwrap();
         assert_eq!(call.path, "/machine-config");
         assert_eq!(call.body, serde_json::json!({"vcpu_count": 4, "smt": true}));
+        let next = ok.apply_to(&current.machine_config);
+        assert_eq!(
+            (next.vcpu_count, next.smt, next.mem_size_mib),
+            (4, true, 255)
+        );
         assert!(MachineConfigUpdate::default().to_payload(&current).is_err());
         let zero = MachineConfigUpdate {
             vcpu_count: Some(0),
@@ -479,6 +552,24 @@ mod tests {
         assert_eq!(
             fields(&zero.to_payload(&current).unwrap_err()),
             ["vcpu_count", "mem_size_mib"]
+        );
+
+        // Shrinking memory below the balloon target, or a static template next to a custom one.
+        let busy = current
+            .clone()
+            .with_balloon(Balloon {
+                amount_mib: 200,
+                ..Balloon::default()
+            })
+            .with_cpu_config(CpuConfig::default());
+        let shrink = MachineConfigUpdate {
+            mem_size_mib: Some(128),
+            cpu_template: Some(CpuTemplate::C3),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(&shrink.to_payload(&busy).unwrap_err()),
+            ["mem_size_mib", "cpu_template"]
         );
     }
 

@@ -35,7 +35,7 @@ pub(crate) fn check_memory(at: &str, mib: u32, huge: HugePages, p: &mut Problems
     } else if huge == HugePages::Huge2M && !mib.is_multiple_of(2) {
         p.push(
             at,
-            format!("{mib} MiB is not a multiple of 2 MiB, as 2M huge pages need"),
+            format!("{mib} MiB is not a multiple of 2 MiB, which 2M huge pages need"),
         );
     }
 }
@@ -47,6 +47,7 @@ impl VmConfig {
         self.check_drives(p);
         self.check_pmem(p);
         self.check_roots(p);
+        self.check_shared_files(p);
         self.check_interfaces(p);
         self.check_vsock(p);
         self.check_balloon(p);
@@ -119,15 +120,19 @@ impl VmConfig {
             }
             if let Some(socket) = &d.socket {
                 check_socket_path(&format!("{at}.socket"), socket, p);
-                let vhost_only = "is a virtio-block setting; a vhost-user drive must omit it";
+            }
+            // A drive with both kinds set is reported above; the vhost-user rules apply to a
+            // clear vhost-user drive only.
+            if d.socket.is_some() && d.path_on_host.is_none() {
+                let virtio_only = "is a virtio-block setting; a vhost-user drive must omit it";
                 if d.is_read_only {
-                    p.push(format!("{at}.is_read_only"), vhost_only);
+                    p.push(format!("{at}.is_read_only"), virtio_only);
                 }
                 if d.io_engine.is_some() {
-                    p.push(format!("{at}.io_engine"), vhost_only);
+                    p.push(format!("{at}.io_engine"), virtio_only);
                 }
                 if d.rate_limiter.is_some() {
-                    p.push(format!("{at}.rate_limiter"), vhost_only);
+                    p.push(format!("{at}.rate_limiter"), virtio_only);
                 }
                 if d.ephemeral == Some(true) {
                     p.push(
@@ -202,6 +207,39 @@ impl VmConfig {
                     format!("{id:?} is a second root device; {root:?} is already the root"),
                 ),
             }
+        }
+    }
+
+    /// Two devices on one backing file corrupt it unless neither writes to it. An ephemeral
+    /// drive writes to a private copy, so it counts as not writing.
+    fn check_shared_files(&self, p: &mut Problems) {
+        let drives = self.drives.iter().enumerate().filter_map(|(i, d)| {
+            let writes = !d.is_read_only && d.ephemeral != Some(true);
+            d.path_on_host
+                .as_deref()
+                .map(|path| (format!("drives[{i}].path_on_host"), path, writes))
+        });
+        let pmem = self.pmem.iter().enumerate().map(|(i, d)| {
+            (
+                format!("pmem[{i}].path_on_host"),
+                d.path_on_host.as_path(),
+                !d.read_only,
+            )
+        });
+        let mut seen: Vec<(String, &std::path::Path, bool)> = Vec::new();
+        for (field, path, writes) in drives.chain(pmem) {
+            if let Some((other, _, other_writes)) = seen.iter().find(|(_, q, _)| *q == path)
+                && (writes || *other_writes)
+            {
+                p.push(
+                    &field,
+                    format!(
+                        "{:?} is also the backing file of {other}; a shared file must be read-only everywhere",
+                        path.display().to_string()
+                    ),
+                );
+            }
+            seen.push((field, path, writes));
         }
     }
 
