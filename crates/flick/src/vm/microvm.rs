@@ -609,7 +609,7 @@ impl MicroVm {
     /// As [`update_drive`](Self::update_drive).
     pub async fn update_balloon(&self, update: &BalloonUpdate) -> Result<()> {
         let (_inner, client) = self.checked(Operation::UpdateBalloon).await?;
-        for call in update.api_calls(self.config.machine_config.mem_size_mib)? {
+        for call in update.api_calls(&self.config)? {
             let body = serde_json::to_vec(&call.body).unwrap_or_default();
             let resp = client
                 .request(call.method.clone(), &call.path, Some(body.into()))
