@@ -441,21 +441,30 @@ async fn env_switch_api_silent_never_answers() {
     );
 }
 
+/// Milliseconds since midnight of a Firecracker log line's timestamp.
+fn log_ms(line: &str) -> u64 {
+    let time = &line[11..29]; // HH:MM:SS.nnnnnnnnn
+    let h: u64 = time[0..2].parse().unwrap();
+    let m: u64 = time[3..5].parse().unwrap();
+    let s: u64 = time[6..8].parse().unwrap();
+    let ns: u64 = time[9..18].parse().unwrap();
+    ((h * 60 + m) * 60 + s) * 1000 + ns / 1_000_000
+}
+
 #[tokio::test]
 async fn env_switch_request_log_and_socket_delay() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
     let log = dir.path().join("req.jsonl");
+    let stderr = dir.path().join("stderr");
     let mut child = Command::new(fc_double_path())
         .arg("--api-sock")
         .arg(&sock)
         .env("FC_DOUBLE_REQUEST_LOG", &log)
-        .env("FC_DOUBLE_SOCKET_DELAY_MS", "1500")
-        .stderr(Stdio::null())
+        .env("FC_DOUBLE_SOCKET_DELAY_MS", "1000")
+        .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!sock.exists(), "socket must not exist during the delay");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sock.exists() {
         assert!(Instant::now() < deadline, "socket never appeared");
@@ -468,6 +477,18 @@ async fn env_switch_request_log_and_socket_delay() {
         text.trim(),
         r#"{"body":null,"method":"GET","path":"/version","status":200}"#
     );
+    // The socket came up no earlier than the delay after start.
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    let running = err
+        .lines()
+        .find(|l| l.ends_with("Running Firecracker v1.16.1"))
+        .unwrap();
+    let listening = err
+        .lines()
+        .find(|l| l.contains("Listening on API socket"))
+        .unwrap();
+    let waited = (log_ms(listening) + 86_400_000 - log_ms(running)) % 86_400_000;
+    assert!(waited >= 1000, "socket appeared after {waited} ms:\n{err}");
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -607,5 +628,9 @@ async fn config_file_configures_and_boots() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(152));
+    assert!(
+        !dir.path().join("bad.sock").exists(),
+        "no socket left behind"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("The kernel file cannot be opened"));
 }
