@@ -120,7 +120,8 @@ pub struct FcDouble {
 }
 
 impl FcDouble {
-    /// Starts a double on `<tempdir>/api.sock` and waits (up to 10 s) for the socket.
+    /// Starts a double on `<tempdir>/api.sock` and waits (up to 10 s) until the socket accepts
+    /// connections.
     ///
     /// # Panics
     /// When the process cannot start or the socket never appears.
@@ -191,7 +192,7 @@ impl FcDouble {
             stderr_path,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !double.socket.exists() {
+        while std::os::unix::net::UnixStream::connect(&double.socket).is_err() {
             if let Ok(Some(status)) = double.child.try_wait() {
                 panic!(
                     "fc-double exited early with {status}; stderr:\n{}",

@@ -1,9 +1,12 @@
 //! Test support for flick. **Not for production use.**
 //!
 //! - [`spec`]: Firecracker v1.16.1's own API spec, vendored, and a validator for request bodies.
-//! - `fc-double` (a binary): a Firecracker *test double* that serves the v1.16.1 API on a Unix
-//!   socket so tests can run on hosts where a real Firecracker cannot boot. It is a stand-in for
-//!   tests, never a replacement for Firecracker.
+//! - [`double`] and the `fc-double` binary: a Firecracker *test double* that serves the v1.16.1
+//!   API on a Unix socket so tests can run on hosts where a real Firecracker cannot boot. It is a
+//!   stand-in for tests, never a replacement for Firecracker: it runs no guest.
+//! - [`harness`]: find or build `fc-double` ([`fc_double_path`]), run it ([`FcDouble`]) and talk
+//!   to it ([`raw_request`]) from other crates' tests.
+//! - [`transcript`]: the recorded answers of a real Firecracker v1.16.1, parsed.
 #![warn(missing_docs)]
 
 pub mod double;

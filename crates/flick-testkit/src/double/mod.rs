@@ -147,8 +147,7 @@ async fn serve(args: Args) -> i32 {
     if args.socket_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(args.socket_delay_ms)).await;
     }
-    let _ = std::fs::remove_file(&sock);
-    let listener = match UnixListener::bind(&sock) {
+    let listener = match bind_atomically(&sock) {
         Ok(l) => l,
         Err(e) => {
             return fatal(&format!("cannot bind API socket {}: {e}", sock.display()));
@@ -200,6 +199,21 @@ async fn serve(args: Args) -> i32 {
             }
         }
     }
+}
+
+/// Binds and listens under a temporary name, then renames into place, so the socket path
+/// never exists without a listener behind it. A stale file at the path is replaced.
+fn bind_atomically(sock: &std::path::Path) -> std::io::Result<UnixListener> {
+    let mut tmp_name = sock.as_os_str().to_owned();
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    if let Err(e) = std::fs::rename(&tmp, sock) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
 }
 
 async fn wait_for_signal() {

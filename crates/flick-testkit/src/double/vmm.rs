@@ -746,7 +746,7 @@ impl Vmm {
                 None if self.phase == Phase::NotStarted => {
                     Err("Balloon config error: No balloon device found.".into())
                 }
-                None => Err("Internal VMM error: Device not found.".into()),
+                None => Err("Internal VMM error: Device not found".into()),
             },
             Action::GetBalloonStats => self.balloon_stats(),
             Action::GetHintingStatus => {
@@ -764,7 +764,7 @@ impl Vmm {
                     "plugged_size_mib": self.hotplug_requested,
                     "requested_size_mib": self.hotplug_requested,
                 }))),
-                None => Err("Internal VMM error: Device not found.".into()),
+                None => Err("Internal VMM error: Device not found".into()),
             },
             Action::PutActions => self.instance_action(&body),
             Action::PutBalloon => {
@@ -842,11 +842,8 @@ impl Vmm {
                     return Err("Metrics error: Reinitialization of metrics not allowed.".into());
                 }
                 let path = body["metrics_path"].as_str().unwrap_or_default();
-                let file = open_append(Path::new(path)).map_err(|e| {
-                    format!(
-                        "Metrics error: Cannot initialize the metrics system due to bad user input: {e}"
-                    )
-                })?;
+                let file =
+                    open_append(Path::new(path)).map_err(|e| format!("Metrics error: {e}"))?;
                 self.metrics = Some(file);
                 Ok(Reply::no_content())
             }
@@ -916,7 +913,7 @@ impl Vmm {
             }
             Action::PatchHotplugMemory => {
                 let Some(h) = &self.hotplug else {
-                    return Err("Memory hotplug update error: Device not found.".into());
+                    return Err("Memory hotplug update error: Device not found".into());
                 };
                 let requested = body["requested_size_mib"].as_u64().unwrap_or(0);
                 if requested > h["total_size_mib"].as_u64().unwrap_or(0) {
@@ -931,7 +928,7 @@ impl Vmm {
             Action::PatchBalloon => {
                 let mem = self.machine.mem_size_mib;
                 let Some(b) = self.balloon.as_mut() else {
-                    return Err("Balloon update error: Device not found.".into());
+                    return Err("Balloon update error: Device not found".into());
                 };
                 let amount = body["amount_mib"].as_u64().unwrap_or(0);
                 if amount > mem {
@@ -944,7 +941,7 @@ impl Vmm {
             }
             Action::PatchBalloonStats => {
                 let Some(b) = self.balloon.as_mut() else {
-                    return Err("Balloon update error: Device not found.".into());
+                    return Err("Balloon update error: Device not found".into());
                 };
                 let new = body["stats_polling_interval_s"].as_u64().unwrap_or(0);
                 let old = b.config["stats_polling_interval_s"].as_u64().unwrap_or(0);
@@ -1182,16 +1179,17 @@ impl Vmm {
     fn patch_drive(&mut self, id: &str, body: &Value) -> Outcome {
         let Some(drive) = self.drives.iter_mut().find(|d| d["drive_id"] == json!(id)) else {
             return Err(format!(
-                "Drive config error: Device update error: Failed to update the block device: \
-                 Device {id} not found."
+                "Drive config error: Unable to patch the block device: Device not found \
+                 (drive {id}) Please verify the request arguments."
             ));
         };
         if let Some(path) = body["path_on_host"].as_str() {
             let read_only = drive["is_read_only"].as_bool().unwrap_or(false);
             if let Err(e) = OpenOptions::new().read(true).write(!read_only).open(path) {
                 return Err(format!(
-                    "Drive config error: Device update error: Virtio backend error: Error \
-                     manipulating the backing file: {e} {path}"
+                    "Drive config error: Unable to patch the block device: Virtio backend error: \
+                     Error manipulating the backing file: {e} {path} Please verify the request \
+                     arguments."
                 ));
             }
             drive["path_on_host"] = json!(path);
@@ -1329,7 +1327,7 @@ impl Vmm {
 
     fn balloon_stats(&self) -> Outcome {
         let Some(b) = &self.balloon else {
-            return Err("Internal VMM error: Device not found.".into());
+            return Err("Internal VMM error: Device not found".into());
         };
         if b.config["stats_polling_interval_s"].as_u64().unwrap_or(0) == 0 {
             return Err(
@@ -1360,7 +1358,7 @@ impl Vmm {
 
     fn hinting_balloon(&self) -> Result<&Balloon, String> {
         let Some(b) = &self.balloon else {
-            return Err("Balloon update error: Device not found.".into());
+            return Err("Balloon update error: Device not found".into());
         };
         if b.config["free_page_hinting"] != json!(true) {
             return Err(
