@@ -6,4 +6,5 @@
 //!   tests, never a replacement for Firecracker.
 #![warn(missing_docs)]
 
+pub mod fixture_server;
 pub mod spec;
