@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
@@ -482,14 +483,23 @@ fn serve_body(
         Some(Fault::DropAfter(n)) => {
             let n = (*n).min(slice.len());
             let first = slice.slice(..n);
-            let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
-                Ok(Frame::data(first)),
+            // Yield the data, stay pending briefly so hyper flushes it, then fail the body, which
+            // makes hyper abort the connection before the announced length was sent.
+            let stream = futures_util::stream::unfold(Some(first), |state| async move {
+                match state {
+                    Some(first) => Some((Ok(Frame::data(first)), None)),
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        None
+                    }
+                }
+            })
+            .chain(futures_util::stream::once(async {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::ConnectionAborted,
                     "fixture fault: connection dropped",
-                )),
-            ];
-            let stream = futures_util::stream::iter(frames);
+                ))
+            }));
             BodyExt::boxed(StreamBody::new(stream))
         }
         Some(Fault::WrongBytes) => {

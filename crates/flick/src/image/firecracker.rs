@@ -155,12 +155,22 @@ fn parse_sha256_txt(text: &str, tarball: &str) -> Option<String> {
 
 /// Runs `<bin> --version` and returns the first `vX.Y.Z` on its first line.
 async fn reported_version(bin: &Path) -> Result<String> {
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.arg("--version").kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
-        .await
-        .map_err(|_| not_found(bin, "did not answer --version within 10 s"))?
-        .map_err(|e| not_found(bin, "could not be run").with_source(e))?;
+    let mut tries = 0;
+    let out = loop {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg("--version").kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(10), cmd.output()).await {
+            Err(_) => return Err(not_found(bin, "did not answer --version within 10 s")),
+            // A just-written executable can be briefly busy while another thread of this process
+            // forks with the write descriptor still open; try again.
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Err(e)) => return Err(not_found(bin, "could not be run").with_source(e)),
+            Ok(Ok(out)) => break out,
+        }
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let first = stdout.lines().next().unwrap_or_default();
     if !out.status.success() {
