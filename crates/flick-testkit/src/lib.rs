@@ -7,9 +7,12 @@
 //! - [`harness`]: find or build `fc-double` ([`fc_double_path`]), run it ([`FcDouble`]) and talk
 //!   to it ([`raw_request`]) from other crates' tests.
 //! - [`transcript`]: the recorded answers of a real Firecracker v1.16.1, parsed.
+//! - [`fixture_server`]: a real HTTP server on 127.0.0.1 serving release, bucket and manifest
+//!   fixtures in the formats of the real services, able to misbehave on request.
 #![warn(missing_docs)]
 
 pub mod double;
+pub mod fixture_server;
 pub mod harness;
 pub mod spec;
 pub mod transcript;
