@@ -1,1 +1,3 @@
 //! Host networking: address plan, bridge and TAPs, NAT and egress firewall, WireGuard egress.
+
+pub mod plan;
