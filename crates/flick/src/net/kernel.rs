@@ -222,7 +222,14 @@ impl NetKernel for Netlink {
     }
 
     async fn create_bridge(&mut self, name: &str) -> Result<u32> {
-        let msg = LinkBridge::new(name).down().build();
+        // A fixed MAC: otherwise the bridge takes the lowest port MAC, which changes whenever a
+        // TAP comes or goes and leaves stale gateway entries in the guests' ARP caches.
+        let mac = super::plan::mac_address("bridge", name);
+        let bytes: Vec<u8> = mac
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).expect("hex MAC"))
+            .collect();
+        let msg = LinkBridge::new(name).down().address(bytes).build();
         self.handle.link().add(msg).execute().await.map_err(|e| {
             nl_err(
                 ErrorCode::BridgeSetupFailed,
