@@ -1,0 +1,344 @@
+//! The egress policy model: ordered allow/deny rules and a default action.
+//!
+//! A policy arrives as user data ([`EgressPolicy`], JSON/YAML friendly) and is validated once
+//! into a [`CompiledPolicy`] ([`EgressPolicy::compile`]), which reports every problem at once
+//! with [`ErrorCode::InvalidFirewallConfig`]. Only compiled policies reach
+//! [`super::nft`], which turns them into nftables rules: first match wins, then the default.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::{Error, ErrorCode, Result};
+
+/// What a rule (or the default) does with a matching packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let it through.
+    #[default]
+    Allow,
+    /// Drop it.
+    Deny,
+}
+
+/// The transport protocol a rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Any protocol.
+    #[default]
+    All,
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP (IPv4).
+    Icmp,
+}
+
+/// One port or a list of ports, as written by the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Ports {
+    /// A single port.
+    One(i64),
+    /// A list of ports.
+    List(Vec<i64>),
+}
+
+/// One egress rule as written by the user.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    /// `allow` or `deny`.
+    pub action: Action,
+    /// An IPv4 address or CIDR; omitted means any destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// `all` (default), `tcp`, `udp` or `icmp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Destination port(s); only with `tcp` or `udp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Ports>,
+    /// A note kept on the nftables rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// An ordered egress policy: the first matching rule decides, otherwise the default action.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPolicy {
+    /// Rules in evaluation order.
+    #[serde(default)]
+    pub rules: Vec<EgressRule>,
+    /// What happens when no rule matches. For the host-wide policy `None` means `allow`; for a
+    /// per-VM policy `None` means "fall through to the host-wide policy".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_action: Option<Action>,
+}
+
+/// The most rules one policy may hold.
+pub const MAX_RULES: usize = 10_000;
+/// The longest comment nftables keeps.
+pub const MAX_COMMENT: usize = 128;
+
+/// A validated rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CompiledRule {
+    /// The verdict.
+    pub action: Action,
+    /// Destination network; `None` is any.
+    pub to: Option<Ipv4Net>,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Sorted, deduplicated destination ports (empty = any), only for tcp/udp.
+    pub ports: Vec<u16>,
+    /// The comment.
+    pub comment: Option<String>,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct CompiledPolicy {
+    /// Rules in order.
+    pub rules: Vec<CompiledRule>,
+    /// The default action, if the policy sets one.
+    pub default_action: Option<Action>,
+}
+
+impl EgressPolicy {
+    /// Parses a policy from JSON text; syntax errors and unknown fields are
+    /// [`ErrorCode::InvalidFirewallConfig`].
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| {
+            Error::new(
+                ErrorCode::InvalidFirewallConfig,
+                format!("egress policy is not valid: {e}"),
+            )
+        })
+    }
+
+    /// Validates every rule and reports all problems at once.
+    pub fn compile(&self) -> Result<CompiledPolicy> {
+        let mut problems = Vec::new();
+        let mut rules = Vec::with_capacity(self.rules.len());
+        if self.rules.len() > MAX_RULES {
+            problems.push(json!({
+                "rule": Value::Null,
+                "message": format!("{} rules exceed the limit of {MAX_RULES}", self.rules.len()),
+            }));
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            match compile_rule(rule) {
+                Ok(r) => rules.push(r),
+                Err(msgs) => problems.extend(
+                    msgs.into_iter()
+                        .map(|(field, m)| json!({ "rule": i, "field": field, "message": m })),
+                ),
+            }
+        }
+        if problems.is_empty() {
+            Ok(CompiledPolicy {
+                rules,
+                default_action: self.default_action,
+            })
+        } else {
+            let first = problems[0]["message"].as_str().unwrap_or("").to_owned();
+            let at = problems[0]["rule"]
+                .as_u64()
+                .map(|i| format!("rule {i}: "))
+                .unwrap_or_default();
+            Err(Error::new(
+                ErrorCode::InvalidFirewallConfig,
+                format!(
+                    "egress policy has {} problem(s); {at}{first}",
+                    problems.len()
+                ),
+            )
+            .with_details(json!({ "problems": problems })))
+        }
+    }
+}
+
+/// Parses `to`: an IPv4 address or CIDR, normalized to its network.
+pub fn parse_destination(text: &str) -> std::result::Result<Ipv4Net, String> {
+    let t = text.trim();
+    if t.contains(':') {
+        return Err(format!(
+            "{text:?} is IPv6; egress rules are IPv4 only for now"
+        ));
+    }
+    if t.contains('/') {
+        Ipv4Net::from_str(t)
+            .map(|n| n.trunc())
+            .map_err(|_| format!("{text:?} is not an IPv4 address or CIDR"))
+    } else {
+        Ipv4Addr::from_str(t)
+            .map(Ipv4Net::from)
+            .map_err(|_| format!("{text:?} is not an IPv4 address or CIDR"))
+    }
+}
+
+fn compile_rule(
+    rule: &EgressRule,
+) -> std::result::Result<CompiledRule, Vec<(&'static str, String)>> {
+    let mut errs = Vec::new();
+    let to = match &rule.to {
+        None => None,
+        Some(t) => match parse_destination(t) {
+            Ok(n) => Some(n),
+            Err(m) => {
+                errs.push(("to", m));
+                None
+            }
+        },
+    };
+    let mut ports = Vec::new();
+    if let Some(p) = &rule.ports {
+        if !matches!(rule.protocol, Protocol::Tcp | Protocol::Udp) {
+            errs.push((
+                "ports",
+                format!(
+                    "ports need protocol tcp or udp, not {}",
+                    serde_json::to_value(rule.protocol).unwrap_or_default()
+                ),
+            ));
+        }
+        let raw: Vec<i64> = match p {
+            Ports::One(x) => vec![*x],
+            Ports::List(v) => v.clone(),
+        };
+        if raw.is_empty() {
+            errs.push(("ports", "the port list is empty".to_owned()));
+        }
+        for x in raw {
+            match u16::try_from(x) {
+                Ok(port) if port != 0 => ports.push(port),
+                _ => errs.push(("ports", format!("port {x} is outside 1–65535"))),
+            }
+        }
+        ports.sort_unstable();
+        ports.dedup();
+    }
+    if let Some(c) = &rule.comment {
+        if c.len() > MAX_COMMENT {
+            errs.push((
+                "comment",
+                format!("comment is longer than {MAX_COMMENT} bytes"),
+            ));
+        }
+        if c.chars().any(|ch| ch.is_control() || ch == '"') {
+            errs.push((
+                "comment",
+                "comment may not contain control characters or '\"'".to_owned(),
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(CompiledRule {
+            action: rule.action,
+            to,
+            protocol: rule.protocol,
+            ports,
+            comment: rule.comment.clone().filter(|c| !c.is_empty()),
+        })
+    } else {
+        Err(errs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(v: Value) -> EgressRule {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn accepts_every_shape() {
+        let p = EgressPolicy::from_json(
+            r#"{"rules":[
+                {"action":"allow","to":"10.0.0.1","protocol":"tcp","ports":80,"comment":"web"},
+                {"action":"deny","to":"10.1.2.3/16","protocol":"udp","ports":[53,53,5353]},
+                {"action":"allow","protocol":"icmp"},
+                {"action":"deny"}
+            ],"default_action":"deny"}"#,
+        )
+        .unwrap();
+        let c = p.compile().unwrap();
+        assert_eq!(c.rules.len(), 4);
+        assert_eq!(c.rules[0].to.unwrap().to_string(), "10.0.0.1/32");
+        assert_eq!(c.rules[1].to.unwrap().to_string(), "10.1.0.0/16");
+        assert_eq!(c.rules[1].ports, vec![53, 5353]);
+        assert_eq!(c.default_action, Some(Action::Deny));
+        assert_eq!(EgressPolicy::default().compile().unwrap().rules.len(), 0);
+    }
+
+    #[test]
+    fn rejects_every_bad_shape() {
+        let bad = [
+            json!({"action":"allow","protocol":"all","ports":80}),
+            json!({"action":"allow","protocol":"icmp","ports":[1]}),
+            json!({"action":"allow","ports":22}),
+            json!({"action":"allow","protocol":"tcp","ports":0}),
+            json!({"action":"allow","protocol":"tcp","ports":65536}),
+            json!({"action":"allow","protocol":"tcp","ports":-1}),
+            json!({"action":"allow","protocol":"udp","ports":[]}),
+            json!({"action":"allow","to":"fd00::1"}),
+            json!({"action":"allow","to":"10.0.0.0/33"}),
+            json!({"action":"allow","to":"example.com"}),
+            json!({"action":"allow","to":""}),
+            json!({"action":"allow","comment":"a\"b"}),
+            json!({"action":"allow","comment":"x".repeat(129)}),
+            json!({"action":"allow","comment":"line\nbreak"}),
+        ];
+        for b in bad {
+            let p = EgressPolicy {
+                rules: vec![rule(b.clone())],
+                default_action: None,
+            };
+            let e = p.compile().unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidFirewallConfig, "{b}");
+            assert_eq!(e.details().unwrap()["problems"][0]["rule"], 0, "{b}");
+        }
+        for text in [
+            r#"{"rules":[{"action":"maybe"}]}"#,
+            r#"{"rules":[{"action":"allow","protocol":"sctp"}]}"#,
+            r#"{"rules":[{"action":"allow","port":80}]}"#,
+            r#"{"rules":[{"action":"allow","ports":"80"}]}"#,
+            r#"{"rules":[{"to":"1.2.3.4"}]}"#,
+            r#"{"default_action":"reject"}"#,
+            r#"{"rules":{}}"#,
+        ] {
+            assert_eq!(
+                EgressPolicy::from_json(text).unwrap_err().code(),
+                ErrorCode::InvalidFirewallConfig,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn reports_all_problems() {
+        let p = EgressPolicy {
+            rules: vec![
+                rule(json!({"action":"allow"})),
+                rule(json!({"action":"allow","protocol":"icmp","ports":70000})),
+                rule(json!({"action":"deny","to":"nope"})),
+            ],
+            default_action: None,
+        };
+        let e = p.compile().unwrap_err();
+        let problems = e.details().unwrap()["problems"].as_array().unwrap().clone();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems[0]["rule"], 1);
+        assert_eq!(problems[2]["rule"], 2);
+    }
+}

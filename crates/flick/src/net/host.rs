@@ -1,0 +1,832 @@
+//! [`HostNetwork`]: the host side of VM networking, from setup to cleanup.
+//!
+//! Flow:
+//! 1. [`HostNetwork::setup`] validates the whole [`NetworkConfig`] before touching anything,
+//!    then (bridge mode) ensures the bridge with the gateway address, turns on IPv4 forwarding
+//!    and installs flick's nftables table in one transaction. A failure undoes what this call
+//!    did.
+//! 2. [`HostNetwork::add_vm`] leases an address, creates a persistent TAP (or adopts a device
+//!    the caller names), attaches it (bridge mode) or puts the host end of the VM's `/30` on it
+//!    (isolation mode), and installs the VM's egress chain. A failure leaves nothing behind.
+//! 3. [`HostNetwork::remove_vm`] removes exactly that VM's chain, map element and TAP.
+//! 4. [`HostNetwork::teardown`] removes every VM, the table, the bridge if flick created it,
+//!    and puts `ip_forward` back.
+//!
+//! [`NetworkState`] is serializable so a short-lived CLI can persist it and a later process can
+//! [`HostNetwork::restore`] it.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::firewall::{CompiledPolicy, EgressPolicy};
+use super::kernel::NetKernel;
+use super::nft::{self, TableSpec, VmRules};
+use super::plan::{self, AllocationState, IpAllocator, Lease, PointToPointAllocator, Subnet};
+use super::wireguard::WireguardState;
+use crate::error::{Error, ErrorCode, Result};
+
+/// How VMs are connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// All TAPs on one bridge that carries the gateway address.
+    #[default]
+    Bridge,
+    /// One point-to-point `/30` per VM, no bridge, no L2 path between VMs.
+    Isolated,
+}
+
+/// What the operator configures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// The VM address pool.
+    pub subnet: String,
+    /// The bridge (bridge mode).
+    pub bridge: String,
+    /// Bridge or isolation mode.
+    pub mode: Mode,
+    /// The nftables table flick owns (family `inet`).
+    pub table: String,
+    /// The host-wide egress policy.
+    pub host_policy: EgressPolicy,
+    /// Owner of created TAPs (so a jailed Firecracker can open them).
+    pub tap_owner: Option<u32>,
+    /// Group of created TAPs.
+    pub tap_group: Option<u32>,
+    /// The uplink to masquerade out of; discovered from the default route when `None`.
+    pub uplink: Option<String>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            subnet: plan::DEFAULT_SUBNET.into(),
+            bridge: plan::DEFAULT_BRIDGE.into(),
+            mode: Mode::Bridge,
+            table: nft::DEFAULT_TABLE.into(),
+            host_policy: EgressPolicy::default(),
+            tap_owner: None,
+            tap_group: None,
+            uplink: None,
+        }
+    }
+}
+
+/// Validates an nftables table name: 1–64 ASCII letters, digits or `_`, starting with a letter.
+pub fn validate_table_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::InvalidFirewallConfig,
+            format!(
+                "nftables table name {name:?} must be 1–64 letters, digits or '_', starting with a letter"
+            ),
+        ))
+    }
+}
+
+/// A validated [`NetworkConfig`].
+#[derive(Debug, Clone)]
+struct Validated {
+    subnet: Subnet,
+    host_policy: CompiledPolicy,
+}
+
+impl NetworkConfig {
+    fn validate(&self) -> Result<Validated> {
+        let subnet = Subnet::parse(&self.subnet)?;
+        if self.mode == Mode::Bridge {
+            plan::validate_interface_name(&self.bridge)?;
+        } else {
+            PointToPointAllocator::new(subnet)?;
+        }
+        if let Some(u) = &self.uplink {
+            plan::validate_interface_name(u)?;
+        }
+        validate_table_name(&self.table)?;
+        let host_policy = self.host_policy.compile()?;
+        Ok(Validated {
+            subnet,
+            host_policy,
+        })
+    }
+}
+
+/// What one VM interface is plugged into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInterface {
+    /// Address, gateway, MAC and derived TAP name.
+    pub lease: Lease,
+    /// The host device actually used (the derived TAP, or the caller's device).
+    pub host_device: String,
+    /// Whether flick created the device (and deletes it on removal).
+    pub created: bool,
+}
+
+impl VmInterface {
+    /// The kernel boot argument for the guest.
+    #[must_use]
+    pub fn boot_arg(&self) -> String {
+        self.lease.boot_arg()
+    }
+}
+
+/// One VM's networking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNetwork {
+    /// Its interfaces.
+    pub interfaces: Vec<VmInterface>,
+    /// Its own egress policy.
+    pub policy: EgressPolicy,
+}
+
+/// A request to plug one VM interface in.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmRequest {
+    /// The VM id.
+    pub vm_id: String,
+    /// The guest interface id (`eth0` when empty).
+    #[serde(default)]
+    pub iface_id: String,
+    /// Use this existing host device instead of creating a TAP (flick never deletes it).
+    #[serde(default)]
+    pub host_device: Option<String>,
+    /// The VM's own egress policy, evaluated before the host-wide one.
+    #[serde(default)]
+    pub policy: Option<EgressPolicy>,
+}
+
+/// Everything needed to manage (and clean up) host networking from another process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkState {
+    /// The configuration in force.
+    pub config: NetworkConfig,
+    /// The address allocations.
+    pub allocation: AllocationState,
+    /// The uplink masquerade goes out of.
+    pub uplink: Option<String>,
+    /// Whether flick created the bridge (and removes it on cleanup).
+    pub created_bridge: bool,
+    /// Whether flick added the gateway address to a bridge it did not create.
+    pub added_gateway_address: bool,
+    /// `ip_forward` before setup.
+    pub forwarding_before: bool,
+    /// VMs by id.
+    pub vms: BTreeMap<String, VmNetwork>,
+    /// WireGuard egress, when configured.
+    #[serde(default)]
+    pub wireguard: Option<WireguardState>,
+}
+
+#[derive(Debug, Clone)]
+enum Alloc {
+    Shared(IpAllocator),
+    PointToPoint(PointToPointAllocator),
+}
+
+impl Alloc {
+    fn allocate(&mut self, vm: &str, iface: &str) -> Result<Lease> {
+        match self {
+            Alloc::Shared(a) => a.allocate(vm, iface),
+            Alloc::PointToPoint(a) => a.allocate(vm, iface),
+        }
+    }
+    fn release(&mut self, vm: &str) {
+        match self {
+            Alloc::Shared(a) => drop(a.release_vm(vm)),
+            Alloc::PointToPoint(a) => drop(a.release_vm(vm)),
+        }
+    }
+    fn state(&self) -> AllocationState {
+        match self {
+            Alloc::Shared(a) => a.state(),
+            Alloc::PointToPoint(a) => a.state(),
+        }
+    }
+}
+
+/// The host side of VM networking on one kernel (see the module docs for the flow).
+#[derive(Debug)]
+pub struct HostNetwork<K: NetKernel> {
+    kernel: K,
+    state: NetworkState,
+    subnet: Subnet,
+    host_policy: CompiledPolicy,
+    alloc: Alloc,
+}
+
+impl<K: NetKernel> HostNetwork<K> {
+    /// Validates `config`, then sets up the bridge, forwarding and the nftables table.
+    pub async fn setup(mut kernel: K, config: NetworkConfig) -> Result<Self> {
+        let v = config.validate()?;
+        let uplink = match &config.uplink {
+            Some(u) => Some(u.clone()),
+            None => kernel.default_route_interface().await?,
+        };
+        let alloc = match config.mode {
+            Mode::Bridge => Alloc::Shared(IpAllocator::new(v.subnet)),
+            Mode::Isolated => Alloc::PointToPoint(PointToPointAllocator::new(v.subnet)?),
+        };
+        let mut me = Self {
+            kernel,
+            state: NetworkState {
+                allocation: alloc.state(),
+                config,
+                uplink,
+                created_bridge: false,
+                added_gateway_address: false,
+                forwarding_before: false,
+                vms: BTreeMap::new(),
+                wireguard: None,
+            },
+            subnet: v.subnet,
+            host_policy: v.host_policy,
+            alloc,
+        };
+        let mut forwarding_set = false;
+        let result = me.setup_steps(&mut forwarding_set).await;
+        if let Err(e) = result {
+            me.undo_setup(forwarding_set).await;
+            return Err(e);
+        }
+        Ok(me)
+    }
+
+    async fn setup_steps(&mut self, forwarding_set: &mut bool) -> Result<()> {
+        if self.state.config.mode == Mode::Bridge {
+            let name = self.state.config.bridge.clone();
+            let index = match self.kernel.link_index(&name).await? {
+                Some(i) => i,
+                None => {
+                    let i = self.kernel.create_bridge(&name).await?;
+                    self.state.created_bridge = true;
+                    i
+                }
+            };
+            let added = self
+                .kernel
+                .add_address(index, self.subnet.gateway(), self.subnet.prefix_len())
+                .await?;
+            self.state.added_gateway_address = added && !self.state.created_bridge;
+            self.kernel.set_up(index).await?;
+        }
+        self.state.forwarding_before = self.kernel.set_ipv4_forwarding(true).await?;
+        *forwarding_set = true;
+        self.apply_full().await
+    }
+
+    async fn undo_setup(&mut self, forwarding_set: bool) {
+        let _ = self
+            .kernel
+            .apply_nft(&nft::delete_table_batch(&self.state.config.table))
+            .await;
+        if forwarding_set && !self.state.forwarding_before {
+            let _ = self.kernel.set_ipv4_forwarding(false).await;
+        }
+        if let Ok(Some(i)) = self.kernel.link_index(&self.state.config.bridge).await {
+            if self.state.created_bridge {
+                let _ = self.kernel.delete_link(i).await;
+            } else if self.state.added_gateway_address {
+                let _ = self
+                    .kernel
+                    .del_address(i, self.subnet.gateway(), self.subnet.prefix_len())
+                    .await;
+            }
+        }
+    }
+
+    /// Rebuilds a manager from persisted state (no kernel calls).
+    pub fn restore(kernel: K, state: NetworkState) -> Result<Self> {
+        let v = state.config.validate()?;
+        let alloc = if state.allocation.point_to_point {
+            Alloc::PointToPoint(PointToPointAllocator::restore(state.allocation.clone())?)
+        } else {
+            Alloc::Shared(IpAllocator::restore(state.allocation.clone())?)
+        };
+        Ok(Self {
+            kernel,
+            state,
+            subnet: v.subnet,
+            host_policy: v.host_policy,
+            alloc,
+        })
+    }
+
+    /// The state to persist.
+    #[must_use]
+    pub fn state(&self) -> &NetworkState {
+        &self.state
+    }
+
+    /// The kernel implementation (for tests that inspect a fake).
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
+    /// The VM address pool.
+    #[must_use]
+    pub fn subnet(&self) -> Subnet {
+        self.subnet
+    }
+
+    pub(crate) fn table_spec(&self) -> TableSpec {
+        TableSpec {
+            table: self.state.config.table.clone(),
+            pool: self.subnet.net(),
+            bridge: (self.state.config.mode == Mode::Bridge)
+                .then(|| self.state.config.bridge.clone()),
+            uplink: self.state.uplink.clone(),
+            isolation: self.state.config.mode == Mode::Isolated,
+            host_policy: self.host_policy.clone(),
+            wireguard: self.state.wireguard.as_ref().map(WireguardState::egress),
+        }
+    }
+
+    fn vm_rules(&self) -> Result<Vec<VmRules>> {
+        let mut out = Vec::new();
+        for (id, vm) in &self.state.vms {
+            let policy = vm.policy.compile()?;
+            for i in &vm.interfaces {
+                out.push(VmRules {
+                    vm_id: id.clone(),
+                    guest_ip: i.lease.guest_ip,
+                    policy: policy.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn apply_full(&mut self) -> Result<()> {
+        let batch = nft::full_batch(&self.table_spec(), &self.vm_rules()?);
+        self.kernel.apply_nft(&batch).await
+    }
+
+    pub(crate) fn kernel_and_state(&mut self) -> (&mut K, &mut NetworkState) {
+        (&mut self.kernel, &mut self.state)
+    }
+
+    /// Replaces the host-wide egress policy (one transaction).
+    pub async fn set_host_policy(&mut self, policy: EgressPolicy) -> Result<()> {
+        let compiled = policy.compile()?;
+        let old = std::mem::replace(&mut self.host_policy, compiled);
+        if let Err(e) = self.apply_full().await {
+            self.host_policy = old;
+            return Err(e);
+        }
+        self.state.config.host_policy = policy;
+        Ok(())
+    }
+
+    /// Plugs a VM interface in: lease, TAP, attach (or point-to-point address), egress chain.
+    pub async fn add_vm(&mut self, req: VmRequest) -> Result<VmInterface> {
+        let iface_id = if req.iface_id.is_empty() {
+            "eth0".to_owned()
+        } else {
+            req.iface_id.clone()
+        };
+        let policy = req.policy.clone().unwrap_or_default();
+        let compiled = policy.compile()?;
+        if let Some(d) = &req.host_device {
+            plan::validate_interface_name(d)?;
+        }
+        if let Some(vm) = self.state.vms.get(&req.vm_id)
+            && let Some(i) = vm.interfaces.iter().find(|i| i.lease.iface_id == iface_id)
+        {
+            return Ok(i.clone());
+        }
+        if let Some(vm) = self.state.vms.get(&req.vm_id)
+            && vm.policy != policy
+        {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("VM {} already has a different egress policy", req.vm_id),
+            ));
+        }
+        let alloc_before = self.alloc.clone();
+        let lease = self.alloc.allocate(&req.vm_id, &iface_id)?;
+        let (device, created) = match &req.host_device {
+            Some(d) => (d.clone(), false),
+            None => (lease.tap.clone(), true),
+        };
+        let mut index = None;
+        let result = self
+            .plug(&lease, &device, created, &compiled, &req.vm_id, &mut index)
+            .await;
+        if let Err(e) = result {
+            self.unplug(&lease, &device, created, index).await;
+            self.alloc = alloc_before;
+            return Err(e);
+        }
+        let iface = VmInterface {
+            lease,
+            host_device: device,
+            created,
+        };
+        self.state
+            .vms
+            .entry(req.vm_id.clone())
+            .or_insert_with(|| VmNetwork {
+                interfaces: Vec::new(),
+                policy,
+            })
+            .interfaces
+            .push(iface.clone());
+        self.state.allocation = self.alloc.state();
+        Ok(iface)
+    }
+
+    async fn plug(
+        &mut self,
+        lease: &Lease,
+        device: &str,
+        created: bool,
+        policy: &CompiledPolicy,
+        vm_id: &str,
+        index: &mut Option<u32>,
+    ) -> Result<()> {
+        let i = if created {
+            self.kernel
+                .create_tap(
+                    device,
+                    self.state.config.tap_owner,
+                    self.state.config.tap_group,
+                )
+                .await?
+        } else {
+            self.kernel.link_index(device).await?.ok_or_else(|| {
+                Error::new(
+                    ErrorCode::NotFound,
+                    format!("host device {device} does not exist"),
+                )
+            })?
+        };
+        *index = Some(i);
+        match self.state.config.mode {
+            Mode::Bridge => {
+                let br = self
+                    .kernel
+                    .link_index(&self.state.config.bridge)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorCode::BridgeSetupFailed,
+                            format!("bridge {} is gone", self.state.config.bridge),
+                        )
+                    })?;
+                self.kernel.set_controller(i, Some(br)).await?;
+            }
+            Mode::Isolated => {
+                self.kernel
+                    .add_address(i, lease.gateway, lease.prefix_len)
+                    .await?;
+            }
+        }
+        self.kernel.set_up(i).await?;
+        let rules = VmRules {
+            vm_id: vm_id.to_owned(),
+            guest_ip: lease.guest_ip,
+            policy: policy.clone(),
+        };
+        self.kernel
+            .apply_nft(&nft::add_vm_batch(&self.state.config.table, &rules))
+            .await
+    }
+
+    /// Best-effort removal of one interface's kernel objects; returns the first error.
+    async fn unplug(
+        &mut self,
+        lease: &Lease,
+        device: &str,
+        created: bool,
+        index: Option<u32>,
+    ) -> Option<Error> {
+        let mut first = None;
+        let index = match index {
+            Some(i) => Some(i),
+            None => self.kernel.link_index(device).await.ok().flatten(),
+        };
+        if let Some(i) = index {
+            let r = if created {
+                self.kernel.delete_link(i).await
+            } else {
+                match self.state.config.mode {
+                    Mode::Bridge => self.kernel.set_controller(i, None).await,
+                    Mode::Isolated => {
+                        self.kernel
+                            .del_address(i, lease.gateway, lease.prefix_len)
+                            .await
+                    }
+                }
+            };
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        first
+    }
+
+    /// Unplugs every interface of a VM and removes exactly its egress rules. Unknown VMs are
+    /// [`ErrorCode::NotFound`].
+    pub async fn remove_vm(&mut self, vm_id: &str) -> Result<()> {
+        let Some(vm) = self.state.vms.get(vm_id).cloned() else {
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!("VM {vm_id} has no network"),
+            ));
+        };
+        let mut first: Option<Error> = None;
+        for i in &vm.interfaces {
+            let batch = nft::remove_vm_batch(&self.state.config.table, vm_id, i.lease.guest_ip);
+            if let Err(e) = self.kernel.apply_nft(&batch).await {
+                first.get_or_insert(e);
+            }
+            if let Some(e) = self.unplug(&i.lease, &i.host_device, i.created, None).await {
+                first.get_or_insert(e);
+            }
+        }
+        self.state.vms.remove(vm_id);
+        self.alloc.release(vm_id);
+        self.state.allocation = self.alloc.state();
+        match first {
+            None => Ok(()),
+            Some(e) => Err(Error::new(
+                ErrorCode::CleanupFailed,
+                format!("removing the network of VM {vm_id}"),
+            )
+            .with_source(e)),
+        }
+    }
+
+    /// Removes everything flick created: VM devices, WireGuard objects, the table, the bridge
+    /// (only if flick created it), and restores `ip_forward`.
+    /// Afterwards this value manages nothing; drop it.
+    pub async fn teardown(&mut self) -> Result<()> {
+        let mut first: Option<Error> = None;
+        let vms: Vec<_> = self.state.vms.keys().cloned().collect();
+        for vm in vms {
+            if let Err(e) = self.remove_vm(&vm).await {
+                first.get_or_insert(e);
+            }
+        }
+        if self.state.wireguard.is_some()
+            && let Err(e) = super::wireguard::disable(self).await
+        {
+            first.get_or_insert(e);
+        }
+        if let Err(e) = self
+            .kernel
+            .apply_nft(&nft::delete_table_batch(&self.state.config.table))
+            .await
+        {
+            first.get_or_insert(e);
+        }
+        if self.state.config.mode == Mode::Bridge
+            && let Ok(Some(i)) = self.kernel.link_index(&self.state.config.bridge).await
+        {
+            let r = if self.state.created_bridge {
+                self.kernel.delete_link(i).await
+            } else if self.state.added_gateway_address {
+                self.kernel
+                    .del_address(i, self.subnet.gateway(), self.subnet.prefix_len())
+                    .await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        if !self.state.forwarding_before
+            && let Err(e) = self.kernel.set_ipv4_forwarding(false).await
+        {
+            first.get_or_insert(e);
+        }
+        match first {
+            None => Ok(()),
+            Some(e) if e.code() == ErrorCode::CleanupFailed => Err(e),
+            Some(e) => Err(Error::new(ErrorCode::CleanupFailed, "network cleanup").with_source(e)),
+        }
+    }
+}
+
+/// The address a VM interface's guest uses, for callers that only need the boot argument.
+#[must_use]
+pub fn guest_boot_arg(iface: &VmInterface) -> (Ipv4Addr, String) {
+    (iface.lease.guest_ip, iface.boot_arg())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::kernel::{Call, RecordingKernel};
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn setup_add_remove_teardown_calls() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            let i = net
+                .add_vm(VmRequest {
+                    vm_id: "a".into(),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(i.lease.guest_ip, Ipv4Addr::new(172, 30, 0, 2));
+            assert!(i.created);
+            let tap = i.host_device.clone();
+            net.remove_vm("a").await.unwrap();
+            let calls = net.kernel_mut().calls.clone();
+            assert!(calls.contains(&Call::CreateBridge("flbr0".into())));
+            assert!(calls.contains(&Call::CreateTap(tap.clone(), None, None)));
+            assert!(calls.contains(&Call::SetController(tap.clone(), Some("flbr0".into()))));
+            assert!(calls.contains(&Call::DeleteLink(tap.clone())));
+            net.teardown().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn teardown_keeps_foreign_bridge_and_forwarding() {
+        rt().block_on(async {
+            let mut k = RecordingKernel::with_uplink("eth0");
+            k.links.insert("flbr0".into(), 5);
+            k.forwarding = true;
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            net.add_vm(VmRequest {
+                vm_id: "a".into(),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+            assert!(!net.state().created_bridge);
+            net.teardown().await.unwrap();
+            let calls = &net.kernel_mut().calls;
+            assert!(!calls.contains(&Call::CreateBridge("flbr0".into())));
+            assert!(!calls.contains(&Call::DeleteLink("flbr0".into())));
+            assert!(!calls.contains(&Call::SetForwarding(false)));
+            // the gateway address flick added to the foreign bridge is removed again
+            assert!(calls.contains(&Call::DelAddress(
+                "flbr0".into(),
+                Ipv4Addr::new(172, 30, 0, 1),
+                24
+            )));
+        });
+    }
+
+    #[test]
+    fn teardown_removes_what_flick_created() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            net.teardown().await.unwrap();
+            let calls = &net.kernel_mut().calls;
+            assert!(calls.contains(&Call::DeleteLink("flbr0".into())));
+            assert!(calls.contains(&Call::SetForwarding(false)));
+            assert!(!net.kernel_mut().links.contains_key("flbr0"));
+        });
+    }
+
+    #[test]
+    fn failed_tap_rolls_back_the_lease() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            net.kernel_mut().fail_on = Some("SetController".into());
+            let e = net
+                .add_vm(VmRequest {
+                    vm_id: "a".into(),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), ErrorCode::NetworkSetupFailed);
+            assert!(net.state().vms.is_empty());
+            assert!(net.state().allocation.leases.is_empty());
+            let calls = &net.kernel_mut().calls;
+            let tap = calls
+                .iter()
+                .find_map(|c| match c {
+                    Call::CreateTap(n, ..) => Some(n.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            assert!(calls.contains(&Call::DeleteLink(tap)));
+            // the next VM gets the first address again
+            let i = net
+                .add_vm(VmRequest {
+                    vm_id: "b".into(),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(i.lease.guest_ip, Ipv4Addr::new(172, 30, 0, 2));
+        });
+    }
+
+    #[test]
+    fn failed_nft_undoes_setup() {
+        rt().block_on(async {
+            let mut k = RecordingKernel::with_uplink("eth0");
+            k.fail_on = Some("Nft".into());
+            let e = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), ErrorCode::NetworkSetupFailed);
+        });
+    }
+
+    #[test]
+    fn invalid_config_makes_no_calls() {
+        rt().block_on(async {
+            for cfg in [
+                NetworkConfig {
+                    subnet: "10.0.0.0/31".into(),
+                    ..NetworkConfig::default()
+                },
+                NetworkConfig {
+                    bridge: "way-too-long-bridge".into(),
+                    ..NetworkConfig::default()
+                },
+                NetworkConfig {
+                    table: "bad table".into(),
+                    ..NetworkConfig::default()
+                },
+                NetworkConfig {
+                    host_policy: EgressPolicy::from_json(
+                        r#"{"rules":[{"action":"allow","protocol":"icmp","ports":1}]}"#,
+                    )
+                    .unwrap(),
+                    ..NetworkConfig::default()
+                },
+            ] {
+                let k = RecordingKernel::with_uplink("eth0");
+                assert!(HostNetwork::setup(k, cfg).await.is_err());
+            }
+        });
+    }
+
+    #[test]
+    fn state_round_trips() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(
+                k,
+                NetworkConfig {
+                    mode: Mode::Isolated,
+                    subnet: "10.60.0.0/24".into(),
+                    ..NetworkConfig::default()
+                },
+            )
+            .await
+            .unwrap();
+            let i = net
+                .add_vm(VmRequest {
+                    vm_id: "a".into(),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                i.boot_arg(),
+                "ip=10.60.0.2::10.60.0.1:255.255.255.252::eth0:off"
+            );
+            let json = serde_json::to_string(net.state()).unwrap();
+            let state: NetworkState = serde_json::from_str(&json).unwrap();
+            let mut back =
+                HostNetwork::restore(RecordingKernel::with_uplink("eth0"), state).unwrap();
+            assert_eq!(back.state(), net.state());
+            let j = back
+                .add_vm(VmRequest {
+                    vm_id: "b".into(),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(j.lease.guest_ip, Ipv4Addr::new(10, 60, 0, 6));
+        });
+    }
+}
