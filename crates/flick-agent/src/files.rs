@@ -247,6 +247,8 @@ where
         }
     };
     let result = finish_upload(&req, &mut tmp, &dest, hasher, size, &end, write_err);
+    // Remove a rejected temp file before answering, so the client never sees it.
+    drop(tmp);
     let msg = match result {
         Ok(resp) => Message::Response(resp),
         Err(body) => Message::Error(body),
