@@ -318,6 +318,14 @@ fn run_role(role: &str) {
     );
 }
 
+fn run_overlay() {
+    run_role("overlay");
+}
+
+fn run_switch() {
+    run_role("switch");
+}
+
 fn main() {
     if let Ok(role) = std::env::var(HELPER_ENV) {
         helper(&role);
@@ -329,10 +337,11 @@ fn main() {
         .collect();
     let tests: [(&str, fn()); 3] = [
         ("ip_config_by_ioctl_in_a_network_namespace", run_net),
-        ("overlay_writes_land_in_tmpfs_and_unmount_cleanly", || {
-            run_role("overlay")
-        }),
-        ("switch_root_into_the_overlay", || run_role("switch")),
+        (
+            "overlay_writes_land_in_tmpfs_and_unmount_cleanly",
+            run_overlay,
+        ),
+        ("switch_root_into_the_overlay", run_switch),
     ];
     let mut failed = 0;
     for (name, f) in tests {
