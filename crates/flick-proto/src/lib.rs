@@ -758,6 +758,24 @@ mod tests {
         assert!(constant_time_eq(b"", b""));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn decoder_never_panics_and_never_overreads(data in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+            if let Ok(Some((_, used))) = decode_frame(&data) {
+                proptest::prop_assert!(used <= data.len());
+            }
+        }
+
+        #[test]
+        fn data_frames_round_trip(data in proptest::collection::vec(proptest::num::u8::ANY, 0..70000)) {
+            let m = Message::Data(data);
+            let bytes = m.encode();
+            let (back, used) = decode_frame(&bytes).unwrap().unwrap();
+            proptest::prop_assert_eq!(used, bytes.len());
+            proptest::prop_assert_eq!(back, m);
+        }
+    }
+
     #[test]
     fn request_json_shape_is_stable() {
         let r = Request::Stat {
