@@ -1,5 +1,5 @@
-//! Firecracker binaries, base images, hosted manifests, the verified download cache and rootfs
-//! helpers.
+//! Firecracker binaries, base images, hosted manifests, the verified download cache, rootfs
+//! helpers and the initrd builder ([`initrd`]).
 //!
 //! # Flow
 //!
@@ -25,6 +25,7 @@ pub mod cache;
 pub mod ci;
 pub mod download;
 pub mod firecracker;
+pub mod initrd;
 mod lock;
 pub mod manifest;
 pub mod progress;

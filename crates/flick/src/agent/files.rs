@@ -1,0 +1,328 @@
+//! File transfer: uploads (streamed, checked by SHA-256, renamed into place by the agent),
+//! downloads (streamed, checked, written to a temp file renamed into place), whole directories.
+
+use super::{AgentClient, Conn, agent_error, io_error, protocol_error, read_error};
+use crate::error::{Error, ErrorCode, Result};
+use flick_proto::{CHUNK_SIZE, DataEnd, FileKind, Kind, Message, Request, Response, UploadRequest};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Options of an upload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadOptions {
+    /// Permission bits (default: the local file's, or 0o644 for a stream).
+    pub mode: Option<u32>,
+    /// Owner in the guest (default: the agent's user).
+    pub uid: Option<u32>,
+    /// Group in the guest.
+    pub gid: Option<u32>,
+    /// Create missing parent directories.
+    pub mkdirs: bool,
+}
+
+/// Size and SHA-256 of a completed, verified transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferResult {
+    /// Bytes transferred.
+    pub size: u64,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+}
+
+fn local_io(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::io(ErrorCode::IoError, what, path, e)
+}
+
+async fn upload_on<R: AsyncRead + Unpin>(
+    conn: &mut Conn,
+    reader: &mut R,
+    req: UploadRequest,
+) -> Result<TransferResult> {
+    let path = req.path.clone();
+    conn.send(
+        &Message::Request(Request::Upload(req)),
+        "starting an upload",
+    )
+    .await?;
+    match conn.response("starting an upload").await? {
+        Response::Ok => {}
+        other => return Err(protocol_error(format!("unexpected response {other:?}"))),
+    }
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    loop {
+        let n = reader.read(&mut buf).await.map_err(|e| {
+            Error::new(ErrorCode::IoError, format!("reading the source of {path}")).with_source(e)
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+        conn.wr
+            .send_data(Kind::Data, &buf[..n])
+            .await
+            .map_err(|e| io_error("uploading", e))?;
+    }
+    let sha256 = hex::encode(hasher.finalize());
+    conn.send(
+        &Message::DataEnd(DataEnd {
+            size,
+            sha256: sha256.clone(),
+        }),
+        "finishing an upload",
+    )
+    .await?;
+    match conn.response("finishing an upload").await? {
+        Response::Uploaded { size: s, sha256: h } if s == size && h == sha256 => {
+            Ok(TransferResult { size, sha256 })
+        }
+        other => Err(protocol_error(format!(
+            "upload of {path}: unexpected answer {other:?}"
+        ))),
+    }
+}
+
+async fn download_on<W: AsyncWrite + Unpin>(
+    conn: &mut Conn,
+    remote: &str,
+    writer: &mut W,
+) -> Result<(TransferResult, u32)> {
+    let req = Request::Download {
+        path: remote.to_owned(),
+    };
+    conn.send(&Message::Request(req), "starting a download")
+        .await?;
+    let mode = match conn.response("starting a download").await? {
+        Response::DownloadStarted { mode, .. } => mode,
+        other => return Err(protocol_error(format!("unexpected response {other:?}"))),
+    };
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        let msg = match conn.rd.read_frame().await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                return Err(Error::new(
+                    ErrorCode::AgentConnectFailed,
+                    format!("the agent closed the connection while sending {remote}"),
+                ));
+            }
+            Err(e) => return Err(read_error("downloading", e)),
+        };
+        match msg {
+            Message::Data(data) => {
+                hasher.update(&data);
+                size += data.len() as u64;
+                writer.write_all(&data).await.map_err(|e| {
+                    Error::new(
+                        ErrorCode::IoError,
+                        format!("writing the download of {remote}"),
+                    )
+                    .with_source(e)
+                })?;
+            }
+            Message::DataEnd(end) => {
+                let sha256 = hex::encode(hasher.finalize());
+                if end.size != size || end.sha256 != sha256 {
+                    return Err(Error::new(
+                        ErrorCode::AgentProtocolError,
+                        format!(
+                            "download of {remote}: received {size} bytes with sha256 {sha256}, \
+                             the agent announced {} bytes with sha256 {}",
+                            end.size, end.sha256
+                        ),
+                    ));
+                }
+                writer.flush().await.map_err(|e| {
+                    Error::new(
+                        ErrorCode::IoError,
+                        format!("writing the download of {remote}"),
+                    )
+                    .with_source(e)
+                })?;
+                return Ok((TransferResult { size, sha256 }, mode));
+            }
+            Message::Error(body) => return Err(agent_error(body)),
+            other => {
+                return Err(protocol_error(format!(
+                    "unexpected {:?} frame during a download",
+                    other.kind()
+                )));
+            }
+        }
+    }
+}
+
+impl AgentClient {
+    /// Streams `reader` into the guest file `remote`. The agent writes a temp file, checks the
+    /// SHA-256 and renames it into place, so a failed upload leaves nothing behind.
+    pub async fn upload_reader<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        remote: &str,
+        opts: &UploadOptions,
+    ) -> Result<TransferResult> {
+        let req = UploadRequest {
+            path: remote.to_owned(),
+            mode: opts.mode,
+            uid: opts.uid,
+            gid: opts.gid,
+            mkdirs: opts.mkdirs,
+        };
+        let (mut conn, _) = self.checkout().await?;
+        let result = upload_on(&mut conn, reader, req).await;
+        if result.is_ok() {
+            self.give_back(conn);
+        }
+        result
+    }
+
+    /// Uploads a local file; its permission bits are kept unless `opts.mode` says otherwise.
+    pub async fn upload(
+        &self,
+        local: &Path,
+        remote: &str,
+        opts: &UploadOptions,
+    ) -> Result<TransferResult> {
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| local_io("open", local, e))?;
+        let meta = file
+            .metadata()
+            .await
+            .map_err(|e| local_io("stat", local, e))?;
+        if meta.is_dir() {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("{} is a directory (use upload_dir)", local.display()),
+            ));
+        }
+        let mut opts = opts.clone();
+        opts.mode = opts.mode.or(Some(meta.permissions().mode() & 0o7777));
+        self.upload_reader(&mut file, remote, &opts).await
+    }
+
+    /// Streams the guest file `remote` into `writer`, checking its SHA-256.
+    pub async fn download_writer<W: AsyncWrite + Unpin>(
+        &self,
+        remote: &str,
+        writer: &mut W,
+    ) -> Result<TransferResult> {
+        let (mut conn, _) = self.checkout().await?;
+        let result = download_on(&mut conn, remote, writer).await;
+        match result {
+            Ok((r, _)) => {
+                self.give_back(conn);
+                Ok(r)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Downloads a guest file to `local` (temp file in the same directory, renamed into place
+    /// after the checksum matched; the guest file's permission bits are kept).
+    pub async fn download(&self, remote: &str, local: &Path) -> Result<TransferResult> {
+        let parent = local
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".flick-download-")
+            .tempfile_in(parent)
+            .map_err(|e| local_io("create a temp file in", parent, e))?;
+        let (tmp_file, tmp_path) = tmp.into_parts();
+        let mut file = tokio::fs::File::from_std(tmp_file);
+        let (mut conn, _) = self.checkout().await?;
+        let (result, mode) = download_on(&mut conn, remote, &mut file).await?;
+        self.give_back(conn);
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .await
+            .map_err(|e| local_io("chmod", local, e))?;
+        drop(file);
+        tmp_path
+            .persist(local)
+            .map_err(|e| local_io("rename into", local, e.error))?;
+        Ok(result)
+    }
+
+    /// Uploads a local directory tree to `remote` (created if missing). Files and directories
+    /// keep their permission bits; symlinks are followed.
+    pub async fn upload_dir(
+        &self,
+        local: &Path,
+        remote: &str,
+        opts: &UploadOptions,
+    ) -> Result<u64> {
+        let meta = std::fs::metadata(local).map_err(|e| local_io("stat", local, e))?;
+        self.mkdir(remote, meta.permissions().mode() & 0o7777, true)
+            .await?;
+        let mut count = 0;
+        let mut stack = vec![(local.to_path_buf(), remote.trim_end_matches('/').to_owned())];
+        while let Some((dir, rdir)) = stack.pop() {
+            let mut entries: Vec<_> = std::fs::read_dir(&dir)
+                .map_err(|e| local_io("list", &dir, e))?
+                .collect::<std::io::Result<_>>()
+                .map_err(|e| local_io("list", &dir, e))?;
+            entries.sort_by_key(std::fs::DirEntry::file_name);
+            for entry in entries {
+                let path = entry.path();
+                let name = entry.file_name();
+                let rpath = format!("{rdir}/{}", name.to_string_lossy());
+                let meta = std::fs::metadata(&path).map_err(|e| local_io("stat", &path, e))?;
+                if meta.is_dir() {
+                    self.mkdir(&rpath, meta.permissions().mode() & 0o7777, true)
+                        .await?;
+                    stack.push((path, rpath));
+                } else {
+                    let mut o = opts.clone();
+                    o.mode = None;
+                    self.upload(&path, &rpath, &o).await?;
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// Downloads a guest directory tree into `local` (created if missing); symlinks are
+    /// recreated as symlinks. Returns the number of files.
+    pub async fn download_dir(&self, remote: &str, local: &Path) -> Result<u64> {
+        std::fs::create_dir_all(local).map_err(|e| local_io("create", local, e))?;
+        let mut count = 0;
+        let mut stack = vec![(remote.trim_end_matches('/').to_owned(), local.to_path_buf())];
+        while let Some((rdir, dir)) = stack.pop() {
+            for entry in self.list(if rdir.is_empty() { "/" } else { &rdir }).await? {
+                let rpath = format!("{rdir}/{}", entry.name);
+                let path = dir.join(&entry.name);
+                match entry.kind {
+                    FileKind::Dir => {
+                        std::fs::create_dir_all(&path).map_err(|e| local_io("create", &path, e))?;
+                        std::fs::set_permissions(
+                            &path,
+                            std::fs::Permissions::from_mode(entry.mode),
+                        )
+                        .map_err(|e| local_io("chmod", &path, e))?;
+                        stack.push((rpath, path));
+                    }
+                    FileKind::File => {
+                        self.download(&rpath, &path).await?;
+                        count += 1;
+                    }
+                    FileKind::Symlink => {
+                        if let Some(target) = &entry.link_target {
+                            let _ = std::fs::remove_file(&path);
+                            std::os::unix::fs::symlink(target, &path)
+                                .map_err(|e| local_io("symlink", &path, e))?;
+                        }
+                    }
+                    FileKind::Other => {}
+                }
+            }
+        }
+        Ok(count)
+    }
+}

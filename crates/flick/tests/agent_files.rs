@@ -1,0 +1,266 @@
+//! The agent as a host process on a Unix socket: file transfer and filesystem requests.
+
+mod agent_support;
+
+use agent_support::{Agent, path_str};
+use flick::ErrorCode;
+use flick::agent::{FileKind, UploadOptions};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("flick-upload") || n.contains("flick-download"))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_gib_upload_and_download_with_checksums() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    // tmpfs keeps the test about memory bandwidth, not the disk.
+    let work = if Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm").unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    // A sparse 1 GiB file with data at a few places: quick to create, still checks offsets.
+    let src = work.path().join("big.bin");
+    {
+        let mut f = std::fs::File::create(&src).unwrap();
+        f.set_len(1 << 30).unwrap();
+        for (i, off) in [0u64, 123_456_789, (1 << 30) - 4096].iter().enumerate() {
+            f.seek(SeekFrom::Start(*off)).unwrap();
+            f.write_all(&vec![i as u8 + 1; 4096]).unwrap();
+        }
+    }
+    let want = sha256_file(&src);
+    let remote = work.path().join("remote/big.bin");
+    let opts = UploadOptions {
+        mkdirs: true,
+        ..UploadOptions::default()
+    };
+    let up = client
+        .upload(&src, &path_str(&remote), &opts)
+        .await
+        .unwrap();
+    assert_eq!(up.size, 1 << 30);
+    assert_eq!(up.sha256, want);
+    assert_eq!(sha256_file(&remote), want);
+
+    let back = work.path().join("back.bin");
+    let down = client.download(&path_str(&remote), &back).await.unwrap();
+    assert_eq!(down.size, 1 << 30);
+    assert_eq!(down.sha256, want);
+    assert_eq!(sha256_file(&back), want);
+    assert!(leftovers(&work.path().join("remote")).is_empty());
+    assert!(leftovers(work.path()).is_empty());
+}
+
+#[tokio::test]
+async fn modes_owners_mkdir_list_stat_remove() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let base = path_str(work.path());
+
+    let file = format!("{base}/owned");
+    let opts = UploadOptions {
+        mode: Some(0o4750),
+        uid: Some(1234),
+        gid: Some(2345),
+        mkdirs: false,
+    };
+    client
+        .upload_reader(&mut &b"hello"[..], &file, &opts)
+        .await
+        .unwrap();
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o4750);
+    assert_eq!((meta.uid(), meta.gid()), (1234, 2345));
+    let st = client.stat(&file, false).await.unwrap();
+    assert_eq!(
+        (st.kind, st.mode, st.uid, st.gid, st.size),
+        (FileKind::File, 0o4750, 1234, 2345, 5)
+    );
+
+    // Overwriting replaces content and mode atomically.
+    client
+        .upload_reader(&mut &b"second"[..], &file, &UploadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), b"second");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777,
+        0o644
+    );
+
+    client
+        .mkdir(&format!("{base}/d/e/f"), 0o700, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(format!("{base}/d/e/f")).unwrap().mode() & 0o7777,
+        0o700
+    );
+    client
+        .mkdir(&format!("{base}/d/e/f"), 0o700, true)
+        .await
+        .unwrap();
+    std::os::unix::fs::symlink("owned", format!("{base}/link")).unwrap();
+    let names: Vec<(String, FileKind)> = client
+        .list(&base)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, e.kind))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("d".to_owned(), FileKind::Dir),
+            ("link".to_owned(), FileKind::Symlink),
+            ("owned".to_owned(), FileKind::File),
+        ]
+    );
+    let link = client.stat(&format!("{base}/link"), false).await.unwrap();
+    assert_eq!(link.link_target.as_deref(), Some("owned"));
+    assert_eq!(
+        client
+            .stat(&format!("{base}/link"), true)
+            .await
+            .unwrap()
+            .kind,
+        FileKind::File
+    );
+    client.remove(&format!("{base}/d"), true).await.unwrap();
+    assert!(!Path::new(&format!("{base}/d")).exists());
+}
+
+#[tokio::test]
+async fn path_errors_are_coded_and_leave_nothing_behind() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let base = path_str(work.path());
+    let code = |e: flick::Error| {
+        e.details()
+            .and_then(|d| d["agent_code"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let none = UploadOptions::default();
+
+    let e = client
+        .upload_reader(&mut &b"x"[..], "relative/path", &none)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AgentError);
+    assert_eq!(code(e), "INVALID_REQUEST");
+    let e = client
+        .upload_reader(&mut &b"x"[..], &format!("{base}/missing/f"), &none)
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "NOT_FOUND");
+    std::fs::create_dir(format!("{base}/dir")).unwrap();
+    let e = client
+        .upload_reader(&mut &b"x"[..], &format!("{base}/dir"), &none)
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "IS_A_DIRECTORY");
+    let e = client
+        .download(&format!("{base}/nope"), &work.path().join("local"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "NOT_FOUND");
+    let e = client
+        .download(&format!("{base}/dir"), &work.path().join("local"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "IS_A_DIRECTORY");
+    assert!(!work.path().join("local").exists());
+    let e = client
+        .stat(&format!("{base}/nope"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "NOT_FOUND");
+    let e = client
+        .mkdir(&format!("{base}/dir"), 0o755, false)
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "ALREADY_EXISTS");
+    let e = client.list(&format!("{base}/nope")).await.unwrap_err();
+    assert_eq!(code(e), "NOT_FOUND");
+    let e = client.remove("/", true).await.unwrap_err();
+    assert_eq!(code(e), "INVALID_REQUEST");
+    std::fs::write(format!("{base}/dir/x"), b"x").unwrap();
+    let e = client
+        .remove(&format!("{base}/dir"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "ALREADY_EXISTS");
+    // uid change as a non-root agent user would fail; here: chown to an id and a file in a
+    // non-writable place as nobody is covered by the exec tests. Nothing half-written remains:
+    assert!(leftovers(work.path()).is_empty());
+    assert!(leftovers(&work.path().join("dir")).is_empty());
+    let entries: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1, "only dir/ remains");
+}
+
+#[tokio::test]
+async fn directory_trees_round_trip() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("top.txt"), b"top").unwrap();
+    std::fs::write(src.join("a/mid.bin"), vec![7u8; 300_000]).unwrap();
+    std::fs::write(src.join("a/b/deep.sh"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        src.join("a/b/deep.sh"),
+        std::fs::Permissions::from_mode(0o751),
+    )
+    .unwrap();
+    let remote = path_str(&work.path().join("remote"));
+    let n = client
+        .upload_dir(&src, &remote, &UploadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    std::os::unix::fs::symlink("top.txt", work.path().join("remote/ln")).unwrap();
+    let back = work.path().join("back");
+    let n = client.download_dir(&remote, &back).await.unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(std::fs::read(back.join("top.txt")).unwrap(), b"top");
+    assert_eq!(
+        std::fs::read(back.join("a/mid.bin")).unwrap(),
+        vec![7u8; 300_000]
+    );
+    assert_eq!(
+        std::fs::metadata(back.join("a/b/deep.sh")).unwrap().mode() & 0o7777,
+        0o751
+    );
+    assert_eq!(
+        std::fs::read_link(back.join("ln")).unwrap(),
+        Path::new("top.txt")
+    );
+}
