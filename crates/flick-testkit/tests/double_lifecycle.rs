@@ -634,3 +634,55 @@ async fn config_file_configures_and_boots() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("The kernel file cannot be opened"));
 }
+
+#[tokio::test]
+async fn vsock_connections_wait_until_the_microvm_runs() {
+    let services = tempfile::tempdir().unwrap();
+    let echo = echo_server(services.path(), "echo.sock");
+    let d = FcDouble::spawn(FcDoubleOptions {
+        vsock_ports: vec![(52, echo)],
+        ..Default::default()
+    });
+    let uds = d.dir().join("v.sock");
+    let (s, _) = call(
+        &d,
+        "PUT",
+        "/vsock",
+        Some(json!({"guest_cid": 3, "uds_path": uds})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let pending = |uds: &Path| {
+        let mut conn = UnixStream::connect(uds).unwrap();
+        conn.write_all(b"CONNECT 52\n").unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let err = conn.read(&mut byte).unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{err}"
+        );
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn
+    };
+    // Before boot: no answer yet; the same connection is served once the microVM runs.
+    let mut early = pending(&uds);
+    boot(&d).await;
+    assert!(read_line(&mut early).starts_with("OK "));
+    early.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    early.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    // Paused: waits again until resumed.
+    let (s, _) = call(&d, "PATCH", "/vm", Some(json!({"state": "Paused"}))).await;
+    assert_eq!(s, 204);
+    let mut paused = pending(&uds);
+    let (s, _) = call(&d, "PATCH", "/vm", Some(json!({"state": "Resumed"}))).await;
+    assert_eq!(s, 204);
+    assert!(read_line(&mut paused).starts_with("OK "));
+}

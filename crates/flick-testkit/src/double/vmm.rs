@@ -466,6 +466,7 @@ pub struct Vmm {
     logger: Arc<Logger>,
     options: TestOptions,
     ports: Arc<PortMap>,
+    running: tokio::sync::watch::Sender<bool>,
     mmds_size_limit: usize,
     phase: Phase,
     boot_path: bool,
@@ -499,6 +500,7 @@ impl Vmm {
             logger,
             options,
             ports,
+            running: tokio::sync::watch::Sender::new(false),
             mmds_size_limit: DEFAULT_MMDS_SIZE_LIMIT,
             phase: Phase::NotStarted,
             boot_path: false,
@@ -540,6 +542,12 @@ impl Vmm {
     #[must_use]
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Moves to `phase`; vsock connections are served only while running.
+    fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.running.send_replace(phase == Phase::Running);
     }
 
     /// Handles one API request and logs it like Firecracker.
@@ -1001,7 +1009,7 @@ impl Vmm {
                         .info("main", "'resume vm' VMM action took 1 us.");
                     Phase::Running
                 };
-                self.phase = target;
+                self.set_phase(target);
                 Ok(Reply::no_content())
             }
         }
@@ -1026,7 +1034,7 @@ impl Vmm {
                     );
                     return Err(message.into());
                 }
-                self.phase = Phase::Running;
+                self.set_phase(Phase::Running);
                 self.write_banner();
                 let mut reply = Reply::no_content();
                 if self.options.exit_after_start {
@@ -1374,7 +1382,8 @@ impl Vmm {
         std_listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         let ports = Arc::clone(&self.ports);
-        let task = tokio::spawn(vsock::serve(listener, ports)).abort_handle();
+        let running = self.running.subscribe();
+        let task = tokio::spawn(vsock::serve(listener, ports, running)).abort_handle();
         Ok(VsockDevice {
             config,
             path: path.to_path_buf(),
@@ -1590,11 +1599,11 @@ impl Vmm {
             })?;
             self.vsock = Some(device);
         }
-        self.phase = if body["resume_vm"].as_bool().unwrap_or(false) {
+        self.set_phase(if body["resume_vm"].as_bool().unwrap_or(false) {
             Phase::Running
         } else {
             Phase::Paused
-        };
+        });
         self.write_banner();
         self.logger
             .info("fc_api", "'load snapshot' API request took 1 us.");
