@@ -26,9 +26,12 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Path of the built `fc-double` binary.
 ///
-/// Looks next to the running test executable (`target/<profile>/fc-double`, the test itself
-/// lives in `target/<profile>/deps/`). When it is missing, builds it once with
-/// `$CARGO build -p flick-testkit --bin fc-double` for the same profile and target directory.
+/// The binary lives next to the test executable's directory (`target/<profile>/fc-double`; the
+/// test itself runs from `target/<profile>/deps/`). When the test runs under cargo (`$CARGO` is
+/// set), the binary is brought up to date once per process with
+/// `$CARGO build -p flick-testkit --bin fc-double` for the same profile and target directory, so
+/// other crates' tests never run a stale double; cargo's own lock serializes concurrent builds.
+/// Outside cargo an existing binary is used as it is.
 ///
 /// # Panics
 /// When the binary cannot be found or built: a test cannot run without it.
@@ -51,39 +54,52 @@ pub fn fc_double_path() -> PathBuf {
         profile_dir.pop();
     }
     let candidate = profile_dir.join("fc-double");
-    if !candidate.exists() {
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_string();
-        let target_dir = profile_dir
-            .parent()
-            .expect("profile directory has a parent")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "-p",
-            "flick-testkit",
-            "--bin",
-            "fc-double",
-            "--target-dir",
-        ])
-        .arg(&target_dir);
-        if profile != "debug" {
-            cmd.args(["--profile", &profile]);
-        }
-        let status = cmd.status().expect("running cargo to build fc-double");
-        assert!(status.success(), "building fc-double failed: {status}");
-        assert!(
-            candidate.exists(),
-            "fc-double was built but is not at {}",
-            candidate.display()
+    let cargo = std::env::var("CARGO").ok();
+    if cargo.is_some() || !candidate.exists() {
+        build(
+            cargo.as_deref().unwrap_or("cargo"),
+            &profile_dir,
+            &candidate,
         );
     }
     BUILT.get_or_init(|| candidate).clone()
+}
+
+fn build(cargo: &str, profile_dir: &Path, candidate: &Path) {
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let target_dir = profile_dir
+        .parent()
+        .expect("profile directory has a parent")
+        .to_path_buf();
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "-p",
+        "flick-testkit",
+        "--bin",
+        "fc-double",
+        "--target-dir",
+    ])
+    .arg(&target_dir);
+    if profile != "debug" {
+        cmd.args(["--profile", &profile]);
+    }
+    let out = cmd.output().expect("running cargo to build fc-double");
+    assert!(
+        out.status.success(),
+        "building fc-double failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        candidate.exists(),
+        "fc-double was built but is not at {}",
+        candidate.display()
+    );
 }
 
 /// How to start a double. Every field maps to a flag or `FC_DOUBLE_*` variable.

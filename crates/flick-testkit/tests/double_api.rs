@@ -857,3 +857,72 @@ async fn instance_info_carries_the_id_flag() {
             .contains("[vm_42:main] Running Firecracker v1.16.1")
     );
 }
+
+#[tokio::test]
+async fn pmem_entropy_and_cpu_config_show_in_vm_config() {
+    let d = double();
+    let empty = d.dir().join("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let (s, b) = call(
+        &d,
+        "PUT",
+        "/pmem/p0",
+        Some(json!({"id": "p0", "path_on_host": empty})),
+    )
+    .await;
+    assert_eq!(
+        (s, fault(&b).as_str()),
+        (400, "Pmem device error: Error backing file size is 0")
+    );
+    let img = disk(&d, "pmem.img");
+    let (s, b) = call(
+        &d,
+        "PUT",
+        "/pmem/p0",
+        Some(json!({"id": "p0", "path_on_host": img, "root_device": true})),
+    )
+    .await;
+    assert_eq!(s, 204, "{b}");
+    let (s, _) = call(
+        &d,
+        "PUT",
+        "/entropy",
+        Some(json!({"rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = call(
+        &d,
+        "PUT",
+        "/cpu-config",
+        Some(json!({"kvm_capabilities": ["!56"]})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (_, cfg) = call(&d, "GET", "/vm/config", None).await;
+    assert_eq!(
+        cfg["pmem"],
+        json!([{"id": "p0", "path_on_host": img, "root_device": true, "read_only": false, "rate_limiter": null}])
+    );
+    assert_eq!(
+        cfg["entropy"],
+        json!({"rate_limiter": {"bandwidth": null, "ops": {"size": 10, "one_time_burst": null, "refill_time": 1000}}})
+    );
+    assert_eq!(cfg["cpu-config"], json!({"kvm_capabilities": ["!56"]}));
+    // The whole answer satisfies the spec's FullVmConfiguration.
+    let spec = flick_testkit::spec::Spec::bundled();
+    let violations = spec.validate_body(spec.definition("FullVmConfiguration").unwrap(), &cfg);
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
+#[tokio::test]
+async fn request_log_keeps_unparsable_bodies_as_text() {
+    let d = double();
+    let (s, _) =
+        flick_testkit::raw_request(d.socket_path(), "PUT", "/machine-config", Some("{oops")).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        d.request_log(),
+        vec![json!({"method": "PUT", "path": "/machine-config", "body": "{oops", "status": 400})]
+    );
+}

@@ -686,3 +686,28 @@ async fn vsock_connections_wait_until_the_microvm_runs() {
     assert_eq!(s, 204);
     assert!(read_line(&mut paused).starts_with("OK "));
 }
+
+#[tokio::test]
+async fn snapshot_load_with_a_uffd_backend_needs_its_socket() {
+    let keep = tempfile::tempdir().unwrap();
+    let (snap, _mem) = make_snapshot(keep.path()).await;
+    let uffd = keep.path().join("uffd.sock");
+    let _listener = UnixListener::bind(&uffd).unwrap();
+    let d = double();
+    let (s, b) = call(&d, "PUT", "/snapshot/load", Some(json!({"snapshot_path": snap, "mem_backend": {"backend_type": "Uffd", "backend_path": uffd}, "resume_vm": true,
+        // The snapshot's vsock socket lived in a directory that is gone: restore needs a new one.
+        "vsock_override": {"uds_path": keep.path().join("v2.sock")}}))).await;
+    assert_eq!(s, 204, "{b}");
+    assert_eq!(state(&d).await, "Running");
+
+    let mut d = double();
+    let (s, b) = call(&d, "PUT", "/snapshot/load", Some(json!({"snapshot_path": snap, "mem_backend": {"backend_type": "Uffd", "backend_path": keep.path().join("none.sock")}}))).await;
+    assert_eq!(
+        (s, fault(&b).as_str()),
+        (
+            400,
+            "Load snapshot error: Failed to restore from snapshot: Failed to load guest memory: Error creating guest memory from uffd: Failed to connect to UDS Unix stream: No such file or directory (os error 2)"
+        )
+    );
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(Some(152)));
+}

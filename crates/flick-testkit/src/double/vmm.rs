@@ -905,9 +905,8 @@ impl Vmm {
             }
             Action::PutEntropy => {
                 self.boot_path = true;
-                self.entropy = Some(
-                    json!({ "rate_limiter": body.get("rate_limiter").cloned().unwrap_or(Value::Null) }),
-                );
+                self.entropy =
+                    Some(json!({ "rate_limiter": rate_limiter(body.get("rate_limiter")) }));
                 Ok(Reply::no_content())
             }
             Action::PutHotplugMemory => {
