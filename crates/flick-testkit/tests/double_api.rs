@@ -926,3 +926,28 @@ async fn request_log_keeps_unparsable_bodies_as_text() {
         vec![json!({"method": "PUT", "path": "/machine-config", "body": "{oops", "status": 400})]
     );
 }
+
+#[tokio::test]
+async fn http_layer_errors_match_firecracker() {
+    let d = flick_testkit::FcDouble::spawn(flick_testkit::FcDoubleOptions {
+        extra_args: vec!["--http-api-max-payload-size".into(), "250".into()],
+        ..Default::default()
+    });
+    let big = format!(r#"{{"latest": "{}"}}"#, "x".repeat(300));
+    let (s, text) = flick_testkit::raw_request(d.socket_path(), "PUT", "/mmds", Some(&big)).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        text,
+        format!(
+            "{{ \"error\": \"Request payload with size {} is larger than the limit of 250 allowed by server.\nAll previous unanswered requests will be dropped.\" }}",
+            big.len()
+        )
+    );
+    let (s, text) =
+        flick_testkit::raw_request(d.socket_path(), "DELETE", "/drives/rootfs", None).await;
+    assert_eq!(s, 400);
+    assert!(text.contains("Unsupported HTTP method."), "{text}");
+    // The store was not touched.
+    let (_, b) = call(&d, "GET", "/mmds", None).await;
+    assert_eq!(b, json!({}));
+}

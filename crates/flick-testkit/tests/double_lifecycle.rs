@@ -585,7 +585,13 @@ async fn config_file_configures_and_boots() {
         "machine-config": {"vcpu_count": 2, "mem_size_mib": 256},
         "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
         "mmds-config": {"network_interfaces": ["eth0"]},
+        "cpu-config": dir.path().join("template.json"),
     }).to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("template.json"),
+        r#"{"kvm_capabilities": ["!56"]}"#,
+    )
+    .unwrap();
     let d = FcDouble::spawn(FcDoubleOptions {
         extra_args: vec!["--config-file".into(), config.display().to_string()],
         ..Default::default()
@@ -595,6 +601,7 @@ async fn config_file_configures_and_boots() {
     assert_eq!(cfg["machine-config"]["vcpu_count"], 2);
     assert_eq!(cfg["boot-source"]["boot_args"], "console=ttyS0");
     assert_eq!(cfg["mmds-config"]["network_interfaces"], json!(["eth0"]));
+    assert_eq!(cfg["cpu-config"], json!({"kvm_capabilities": ["!56"]}));
 
     // --no-api: no socket, still running until a signal.
     let sock = dir.path().join("never.sock");

@@ -161,6 +161,9 @@ async fn serve(args: Args) -> i32 {
         None => None,
     };
     let ctx = Arc::new(Ctx {
+        max_payload: args
+            .http_api_max_payload_size
+            .unwrap_or(DEFAULT_MAX_PAYLOAD),
         vmm,
         request_log,
         sock: sock.clone(),
@@ -229,7 +232,17 @@ fn install_signal_exit(vmm: Arc<Mutex<Vmm>>, sock: Option<PathBuf>) {
     });
 }
 
+/// Firecracker's default limit for an API request body, in bytes.
+const DEFAULT_MAX_PAYLOAD: usize = 51_200;
+
+/// The answer Firecracker's HTTP layer gives to a request it cannot parse (note the raw newline:
+/// Firecracker sends it like that).
+fn http_parse_error(detail: &str) -> String {
+    format!("{{ \"error\": \"{detail}\nAll previous unanswered requests will be dropped.\" }}")
+}
+
 struct Ctx {
+    max_payload: usize,
     vmm: Arc<Mutex<Vmm>>,
     request_log: Option<Arc<Mutex<std::fs::File>>>,
     sock: PathBuf,
@@ -243,7 +256,21 @@ impl Ctx {
             Ok(b) => b.to_bytes(),
             Err(_) => Bytes::new(),
         };
-        let reply = {
+        let reply = if !matches!(method.as_str(), "GET" | "PUT" | "PATCH") {
+            vmm::Reply::raw(
+                400,
+                http_parse_error("Invalid HTTP Method: Unsupported HTTP method."),
+            )
+        } else if body.len() > self.max_payload {
+            vmm::Reply::raw(
+                400,
+                http_parse_error(&format!(
+                    "Request payload with size {} is larger than the limit of {} allowed by server.",
+                    body.len(),
+                    self.max_payload
+                )),
+            )
+        } else {
             let mut vmm = self
                 .vmm
                 .lock()

@@ -78,6 +78,16 @@ impl Reply {
         }
     }
 
+    /// An answer with a body that is sent as it is.
+    #[must_use]
+    pub fn raw(status: u16, body: String) -> Self {
+        Self {
+            status,
+            body: Some(body),
+            exit: None,
+        }
+    }
+
     fn json(value: &Value) -> Self {
         let mut body = String::new();
         write_ordered(value, &mut body);
@@ -551,6 +561,9 @@ impl Vmm {
     }
 
     /// Handles one API request and logs it like Firecracker.
+    ///
+    /// Must run inside a tokio runtime: `PUT /vsock` and snapshot loads spawn the task that
+    /// serves the vsock socket.
     pub fn handle(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
         let body = body.filter(|b| !b.is_empty());
         self.log_received(method, path, body);
@@ -1634,9 +1647,19 @@ impl Vmm {
             Ok(())
         };
         for (key, path) in &single[..5] {
-            if let Some(v) = doc.get(*key).filter(|v| !v.is_null()) {
-                run(self, path, v)?;
+            let Some(mut v) = doc.get(*key).filter(|v| !v.is_null()).cloned() else {
+                continue;
+            };
+            if *key == "cpu-config"
+                && let Some(file) = v.as_str()
+            {
+                // In a configuration file `cpu-config` names a CPU template file.
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| format!("Unable to load custom cpu template file: {e}"))?;
+                v = serde_json::from_str(&text)
+                    .map_err(|e| format!("Unable to parse custom cpu template file: {e}"))?;
             }
+            run(self, path, &v)?;
         }
         for d in doc["drives"].as_array().into_iter().flatten() {
             let id = d["drive_id"].as_str().unwrap_or_default();
