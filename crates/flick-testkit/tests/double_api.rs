@@ -951,3 +951,61 @@ async fn http_layer_errors_match_firecracker() {
     let (_, b) = call(&d, "GET", "/mmds", None).await;
     assert_eq!(b, json!({}));
 }
+
+#[tokio::test]
+async fn bodies_are_parsed_before_the_phase_is_checked() {
+    let d = double();
+    boot(&d).await;
+    // Like Firecracker: a malformed body is a parse error even where the phase would refuse.
+    let (s, b) = call(
+        &d,
+        "PUT",
+        "/machine-config",
+        Some(json!({"vcpu_count": 1, "mem_size_mib": 128, "x": 1})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(
+        fault(&b).starts_with("An error occurred when deserializing the json body of a request: "),
+        "{b}"
+    );
+    let (s, b) = call(
+        &d,
+        "PUT",
+        "/machine-config",
+        Some(json!({"vcpu_count": 1, "mem_size_mib": 128})),
+    )
+    .await;
+    assert_eq!((s, fault(&b).as_str()), (400, POST_BOOT));
+}
+
+#[tokio::test]
+async fn mmds_size_limit_answers_413() {
+    let d = flick_testkit::FcDouble::spawn(flick_testkit::FcDoubleOptions {
+        extra_args: vec!["--mmds-size-limit".into(), "64".into()],
+        ..Default::default()
+    });
+    let (s, _) = call(&d, "PUT", "/mmds", Some(json!({"small": 1}))).await;
+    assert_eq!(s, 204);
+    let (s, b) = call(&d, "PATCH", "/mmds", Some(json!({"big": "y".repeat(100)}))).await;
+    assert_eq!(s, 413, "{b}");
+    assert!(fault(&b).starts_with("MMDS limit exceeded error"), "{b}");
+    let (_, b) = call(&d, "GET", "/mmds", None).await;
+    assert_eq!(b, json!({"small": 1}), "a refused patch changes nothing");
+}
+
+#[tokio::test]
+async fn log_level_filters_lines() {
+    let d = flick_testkit::FcDouble::spawn(flick_testkit::FcDoubleOptions {
+        extra_args: vec!["--level".into(), "Error".into(), "--show-level".into()],
+        ..Default::default()
+    });
+    let _ = call(&d, "GET", "/", None).await;
+    let _ = call(&d, "GET", "/nowhere", None).await;
+    let err = d.stderr();
+    assert!(!err.contains("The API server received"), "{err}");
+    assert!(
+        err.contains("[anonymous-instance:fc_api:ERROR] InvalidPathMethod(\"nowhere\", Get)"),
+        "{err}"
+    );
+}
