@@ -699,13 +699,12 @@ impl Vmm {
             value["level"] = json!(canonical);
         }
         let violations = self.spec.validate_body(&schema, &value);
-        if let Some(first) = violations.first() {
+        if !violations.is_empty() {
             let detail = violations
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            let _ = first;
             return Err(RequestError::Serde(detail));
         }
         if *action == Action::SnapshotLoad {
@@ -739,7 +738,10 @@ impl Vmm {
         Ok(value)
     }
 
-    #[allow(clippy::too_many_lines)]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one arm per API action reads best as a single table"
+    )]
     fn act(&mut self, action: Action, body: Value) -> Outcome {
         match action {
             Action::GetInstanceInfo => Ok(Reply::json(&json!({
