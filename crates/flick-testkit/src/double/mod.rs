@@ -20,6 +20,7 @@
 
 pub mod cli;
 pub mod log;
+mod route;
 pub mod vmm;
 pub mod vsock;
 
