@@ -125,6 +125,49 @@ pub struct FcDoubleOptions {
     pub env: Vec<(String, String)>,
 }
 
+impl FcDoubleOptions {
+    /// The test switches as `FC_DOUBLE_*` environment variables, for a double that the library
+    /// under test spawns itself (set them on the test process or on the library's command).
+    /// `request_log` adds `FC_DOUBLE_REQUEST_LOG`. `id` and `extra_args` are not switches and
+    /// are left out.
+    #[must_use]
+    pub fn env_vars(&self, request_log: Option<&Path>) -> Vec<(String, String)> {
+        let mut vars = Vec::new();
+        if !self.vsock_ports.is_empty() {
+            let ports: Vec<String> = self
+                .vsock_ports
+                .iter()
+                .map(|(port, path)| format!("{port}={}", path.display()))
+                .collect();
+            vars.push(("FC_DOUBLE_VSOCK_PORTS".to_string(), ports.join(",")));
+        }
+        for (on, name) in [
+            (self.ignore_ctrl_alt_del, "FC_DOUBLE_IGNORE_CTRL_ALT_DEL"),
+            (self.fail_start, "FC_DOUBLE_FAIL_START"),
+            (self.exit_after_start, "FC_DOUBLE_EXIT_AFTER_START"),
+            (self.api_silent, "FC_DOUBLE_API_SILENT"),
+        ] {
+            if on {
+                vars.push((name.to_string(), "1".to_string()));
+            }
+        }
+        if self.socket_delay_ms > 0 {
+            vars.push((
+                "FC_DOUBLE_SOCKET_DELAY_MS".to_string(),
+                self.socket_delay_ms.to_string(),
+            ));
+        }
+        if let Some(path) = request_log {
+            vars.push((
+                "FC_DOUBLE_REQUEST_LOG".to_string(),
+                path.display().to_string(),
+            ));
+        }
+        vars.extend(self.env.iter().cloned());
+        vars
+    }
+}
+
 /// A running `fc-double` process in its own temporary directory; killed and reaped on drop.
 #[derive(Debug)]
 pub struct FcDouble {

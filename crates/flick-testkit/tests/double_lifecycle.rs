@@ -718,3 +718,57 @@ async fn snapshot_load_with_a_uffd_backend_needs_its_socket() {
     );
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(Some(152)));
 }
+
+#[tokio::test]
+async fn options_as_environment_drive_a_double_spawned_by_someone_else() {
+    let services = tempfile::tempdir().unwrap();
+    let echo = echo_server(services.path(), "echo.sock");
+    let options = FcDoubleOptions {
+        vsock_ports: vec![(1024, echo)],
+        ignore_ctrl_alt_del: true,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let log = dir.path().join("req.jsonl");
+    // What a library does: spawn the binary with its own arguments, inheriting the environment.
+    let mut child = Command::new(fc_double_path())
+        .arg("--api-sock")
+        .arg(&sock)
+        .envs(options.env_vars(Some(&log)))
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "socket never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let kernel = dir.path().join("vmlinux");
+    std::fs::write(&kernel, b"k").unwrap();
+    let uds = dir.path().join("v.sock");
+    for (method, path, body) in [
+        ("PUT", "/vsock", json!({"guest_cid": 3, "uds_path": uds})),
+        ("PUT", "/boot-source", json!({"kernel_image_path": kernel})),
+        ("PUT", "/actions", json!({"action_type": "InstanceStart"})),
+        ("PUT", "/actions", json!({"action_type": "SendCtrlAltDel"})),
+    ] {
+        let (s, b) = flick_testkit::raw_request(&sock, method, path, Some(&body.to_string())).await;
+        assert_eq!(s, 204, "{method} {path}: {b}");
+    }
+    check_splice(&uds, 1024);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "Ctrl+Alt+Del was ignored"
+    );
+    let logged: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let paths: Vec<&str> = logged.iter().map(|v| v["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/vsock", "/boot-source", "/actions", "/actions"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
