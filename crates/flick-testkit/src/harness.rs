@@ -319,8 +319,20 @@ impl FcDouble {
 }
 
 impl Drop for FcDouble {
+    /// Asks the double to stop (SIGTERM: it removes its sockets, including a vsock socket
+    /// outside its directory), then kills it if it has not exited within two seconds, and reaps it.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(None) = self.child.try_wait() {
+            let pid = i32::try_from(self.child.id())
+                .ok()
+                .and_then(rustix::process::Pid::from_raw);
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            if self.wait_exit(Duration::from_secs(2)).is_none() {
+                let _ = self.child.kill();
+            }
+        }
         let _ = self.child.wait();
     }
 }

@@ -772,3 +772,31 @@ async fn options_as_environment_drive_a_double_spawned_by_someone_else() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn dropping_a_double_leaves_no_socket_behind() {
+    let outside = tempfile::tempdir().unwrap();
+    let uds = outside.path().join("v.sock");
+    let d = double();
+    let api = d.socket_path().to_path_buf();
+    let (s, _) = call(
+        &d,
+        "PUT",
+        "/vsock",
+        Some(json!({"guest_cid": 3, "uds_path": uds})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert!(uds.exists());
+    let pid = d.pid();
+    drop(d);
+    assert!(
+        !uds.exists(),
+        "vsock socket outside the double's directory is removed"
+    );
+    assert!(!api.exists());
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "process reaped"
+    );
+}
