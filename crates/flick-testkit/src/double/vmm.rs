@@ -344,6 +344,10 @@ impl Vmm {
             other => other,
         };
         let line = match body {
+            Some(_) if path == "/cpu-config" && !self.logger.enabled(Level::Debug) => format!(
+                "The API server received a {m} request on {path:?}. To view the CPU template \
+                 received by the API, configure log-level to DEBUG."
+            ),
             Some(b) if path != "/mmds" => {
                 let text = std::str::from_utf8(b).unwrap_or("inconvertible to UTF-8");
                 format!("The API server received a {m} request on {path:?} with body {text:?}.")
