@@ -899,6 +899,15 @@ async fn pmem_entropy_and_cpu_config_show_in_vm_config() {
     )
     .await;
     assert_eq!(s, 204);
+    // Like Firecracker, the template itself is only logged at debug level.
+    assert!(
+        d.stderr().contains(
+            "request on \"/cpu-config\". To view the CPU template received by the API, \
+             configure log-level to DEBUG."
+        ),
+        "{}",
+        d.stderr()
+    );
     let (_, cfg) = call(&d, "GET", "/vm/config", None).await;
     assert_eq!(
         cfg["pmem"],
