@@ -2,7 +2,7 @@
 //!
 //! A request goes through the same steps, in the same order, as in Firecracker v1.16.1:
 //!
-//! 1. **Route** on method, first path segment and whether a body is present
+//! 1. **Route** (in `route`) on method, first path segment and whether a body is present
 //!    (`Invalid request method and/or path: GET no-such-endpoint.`, `Empty PUT request.`,
 //!    `GET request cannot have a body.`), then path ids (`The ID cannot be empty.`).
 //! 2. **Parse** the body: invalid JSON and every spec violation (unknown field, missing required
