@@ -26,9 +26,12 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Path of the built `fc-double` binary.
 ///
-/// Looks next to the running test executable (`target/<profile>/fc-double`, the test itself
-/// lives in `target/<profile>/deps/`). When it is missing, builds it once with
-/// `$CARGO build -p flick-testkit --bin fc-double` for the same profile and target directory.
+/// The binary lives next to the test executable's directory (`target/<profile>/fc-double`; the
+/// test itself runs from `target/<profile>/deps/`). When the test runs under cargo (`$CARGO` is
+/// set), the binary is brought up to date once per process with
+/// `$CARGO build -p flick-testkit --bin fc-double` for the same profile and target directory, so
+/// other crates' tests never run a stale double; cargo's own lock serializes concurrent builds.
+/// Outside cargo an existing binary is used as it is.
 ///
 /// # Panics
 /// When the binary cannot be found or built: a test cannot run without it.
@@ -51,39 +54,52 @@ pub fn fc_double_path() -> PathBuf {
         profile_dir.pop();
     }
     let candidate = profile_dir.join("fc-double");
-    if !candidate.exists() {
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_string();
-        let target_dir = profile_dir
-            .parent()
-            .expect("profile directory has a parent")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "-p",
-            "flick-testkit",
-            "--bin",
-            "fc-double",
-            "--target-dir",
-        ])
-        .arg(&target_dir);
-        if profile != "debug" {
-            cmd.args(["--profile", &profile]);
-        }
-        let status = cmd.status().expect("running cargo to build fc-double");
-        assert!(status.success(), "building fc-double failed: {status}");
-        assert!(
-            candidate.exists(),
-            "fc-double was built but is not at {}",
-            candidate.display()
+    let cargo = std::env::var("CARGO").ok();
+    if cargo.is_some() || !candidate.exists() {
+        build(
+            cargo.as_deref().unwrap_or("cargo"),
+            &profile_dir,
+            &candidate,
         );
     }
     BUILT.get_or_init(|| candidate).clone()
+}
+
+fn build(cargo: &str, profile_dir: &Path, candidate: &Path) {
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let target_dir = profile_dir
+        .parent()
+        .expect("profile directory has a parent")
+        .to_path_buf();
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "-p",
+        "flick-testkit",
+        "--bin",
+        "fc-double",
+        "--target-dir",
+    ])
+    .arg(&target_dir);
+    if profile != "debug" {
+        cmd.args(["--profile", &profile]);
+    }
+    let out = cmd.output().expect("running cargo to build fc-double");
+    assert!(
+        out.status.success(),
+        "building fc-double failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        candidate.exists(),
+        "fc-double was built but is not at {}",
+        candidate.display()
+    );
 }
 
 /// How to start a double. Every field maps to a flag or `FC_DOUBLE_*` variable.
@@ -107,6 +123,49 @@ pub struct FcDoubleOptions {
     pub extra_args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+}
+
+impl FcDoubleOptions {
+    /// The test switches as `FC_DOUBLE_*` environment variables, for a double that the library
+    /// under test spawns itself (set them on the test process or on the library's command).
+    /// `request_log` adds `FC_DOUBLE_REQUEST_LOG`. `id` and `extra_args` are not switches and
+    /// are left out.
+    #[must_use]
+    pub fn env_vars(&self, request_log: Option<&Path>) -> Vec<(String, String)> {
+        let mut vars = Vec::new();
+        if !self.vsock_ports.is_empty() {
+            let ports: Vec<String> = self
+                .vsock_ports
+                .iter()
+                .map(|(port, path)| format!("{port}={}", path.display()))
+                .collect();
+            vars.push(("FC_DOUBLE_VSOCK_PORTS".to_string(), ports.join(",")));
+        }
+        for (on, name) in [
+            (self.ignore_ctrl_alt_del, "FC_DOUBLE_IGNORE_CTRL_ALT_DEL"),
+            (self.fail_start, "FC_DOUBLE_FAIL_START"),
+            (self.exit_after_start, "FC_DOUBLE_EXIT_AFTER_START"),
+            (self.api_silent, "FC_DOUBLE_API_SILENT"),
+        ] {
+            if on {
+                vars.push((name.to_string(), "1".to_string()));
+            }
+        }
+        if self.socket_delay_ms > 0 {
+            vars.push((
+                "FC_DOUBLE_SOCKET_DELAY_MS".to_string(),
+                self.socket_delay_ms.to_string(),
+            ));
+        }
+        if let Some(path) = request_log {
+            vars.push((
+                "FC_DOUBLE_REQUEST_LOG".to_string(),
+                path.display().to_string(),
+            ));
+        }
+        vars.extend(self.env.iter().cloned());
+        vars
+    }
 }
 
 /// A running `fc-double` process in its own temporary directory; killed and reaped on drop.
@@ -260,8 +319,20 @@ impl FcDouble {
 }
 
 impl Drop for FcDouble {
+    /// Asks the double to stop (SIGTERM: it removes its sockets, including a vsock socket
+    /// outside its directory), then kills it if it has not exited within two seconds, and reaps it.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(None) = self.child.try_wait() {
+            let pid = i32::try_from(self.child.id())
+                .ok()
+                .and_then(rustix::process::Pid::from_raw);
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            if self.wait_exit(Duration::from_secs(2)).is_none() {
+                let _ = self.child.kill();
+            }
+        }
         let _ = self.child.wait();
     }
 }

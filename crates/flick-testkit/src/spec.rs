@@ -413,6 +413,29 @@ mod tests {
     }
 
     #[test]
+    fn request_bodies_may_send_null_for_optional_fields_only() {
+        let spec = Spec::bundled();
+        let schema = json!({"$ref": "#/definitions/Drive"});
+        let body = json!({"drive_id": "a", "is_root_device": false, "partuuid": null,
+                          "rate_limiter": null});
+        assert!(spec.validate_body(&schema, &body).is_empty());
+        assert!(
+            !spec.validate(&schema, &body).is_empty(),
+            "strict validation keeps nulls"
+        );
+        let required_null = json!({"drive_id": null, "is_root_device": false});
+        let v = spec.validate_body(&schema, &required_null);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].at, "/drive_id");
+        let unknown_null = json!({"drive_id": "a", "is_root_device": false, "bogus": null});
+        assert!(
+            spec.validate_body(&schema, &unknown_null)
+                .iter()
+                .any(|x| x.message.contains("unknown field `bogus`"))
+        );
+    }
+
+    #[test]
     fn nested_refs_and_arrays_are_checked() {
         let spec = Spec::bundled();
         let v = spec.validate_definition(

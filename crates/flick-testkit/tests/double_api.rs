@@ -857,3 +857,164 @@ async fn instance_info_carries_the_id_flag() {
             .contains("[vm_42:main] Running Firecracker v1.16.1")
     );
 }
+
+#[tokio::test]
+async fn pmem_entropy_and_cpu_config_show_in_vm_config() {
+    let d = double();
+    let empty = d.dir().join("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let (s, b) = call(
+        &d,
+        "PUT",
+        "/pmem/p0",
+        Some(json!({"id": "p0", "path_on_host": empty})),
+    )
+    .await;
+    assert_eq!(
+        (s, fault(&b).as_str()),
+        (400, "Pmem device error: Error backing file size is 0")
+    );
+    let img = disk(&d, "pmem.img");
+    let (s, b) = call(
+        &d,
+        "PUT",
+        "/pmem/p0",
+        Some(json!({"id": "p0", "path_on_host": img, "root_device": true})),
+    )
+    .await;
+    assert_eq!(s, 204, "{b}");
+    let (s, _) = call(
+        &d,
+        "PUT",
+        "/entropy",
+        Some(json!({"rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = call(
+        &d,
+        "PUT",
+        "/cpu-config",
+        Some(json!({"kvm_capabilities": ["!56"]})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    // Like Firecracker, the template itself is only logged at debug level.
+    assert!(
+        d.stderr().contains(
+            "request on \"/cpu-config\". To view the CPU template received by the API, \
+             configure log-level to DEBUG."
+        ),
+        "{}",
+        d.stderr()
+    );
+    let (_, cfg) = call(&d, "GET", "/vm/config", None).await;
+    assert_eq!(
+        cfg["pmem"],
+        json!([{"id": "p0", "path_on_host": img, "root_device": true, "read_only": false, "rate_limiter": null}])
+    );
+    assert_eq!(
+        cfg["entropy"],
+        json!({"rate_limiter": {"bandwidth": null, "ops": {"size": 10, "one_time_burst": null, "refill_time": 1000}}})
+    );
+    assert_eq!(cfg["cpu-config"], json!({"kvm_capabilities": ["!56"]}));
+    // The whole answer satisfies the spec's FullVmConfiguration.
+    let spec = flick_testkit::spec::Spec::bundled();
+    let violations = spec.validate_body(spec.definition("FullVmConfiguration").unwrap(), &cfg);
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
+#[tokio::test]
+async fn request_log_keeps_unparsable_bodies_as_text() {
+    let d = double();
+    let (s, _) =
+        flick_testkit::raw_request(d.socket_path(), "PUT", "/machine-config", Some("{oops")).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        d.request_log(),
+        vec![json!({"method": "PUT", "path": "/machine-config", "body": "{oops", "status": 400})]
+    );
+}
+
+#[tokio::test]
+async fn http_layer_errors_match_firecracker() {
+    let d = flick_testkit::FcDouble::spawn(flick_testkit::FcDoubleOptions {
+        extra_args: vec!["--http-api-max-payload-size".into(), "250".into()],
+        ..Default::default()
+    });
+    let big = format!(r#"{{"latest": "{}"}}"#, "x".repeat(300));
+    let (s, text) = flick_testkit::raw_request(d.socket_path(), "PUT", "/mmds", Some(&big)).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        text,
+        format!(
+            "{{ \"error\": \"Request payload with size {} is larger than the limit of 250 allowed by server.\nAll previous unanswered requests will be dropped.\" }}",
+            big.len()
+        )
+    );
+    let (s, text) =
+        flick_testkit::raw_request(d.socket_path(), "DELETE", "/drives/rootfs", None).await;
+    assert_eq!(s, 400);
+    assert!(text.contains("Unsupported HTTP method."), "{text}");
+    // The store was not touched.
+    let (_, b) = call(&d, "GET", "/mmds", None).await;
+    assert_eq!(b, json!({}));
+}
+
+#[tokio::test]
+async fn bodies_are_parsed_before_the_phase_is_checked() {
+    let d = double();
+    boot(&d).await;
+    // Like Firecracker: a malformed body is a parse error even where the phase would refuse.
+    let (s, b) = call(
+        &d,
+        "PUT",
+        "/machine-config",
+        Some(json!({"vcpu_count": 1, "mem_size_mib": 128, "x": 1})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(
+        fault(&b).starts_with("An error occurred when deserializing the json body of a request: "),
+        "{b}"
+    );
+    let (s, b) = call(
+        &d,
+        "PUT",
+        "/machine-config",
+        Some(json!({"vcpu_count": 1, "mem_size_mib": 128})),
+    )
+    .await;
+    assert_eq!((s, fault(&b).as_str()), (400, POST_BOOT));
+}
+
+#[tokio::test]
+async fn mmds_size_limit_answers_413() {
+    let d = flick_testkit::FcDouble::spawn(flick_testkit::FcDoubleOptions {
+        extra_args: vec!["--mmds-size-limit".into(), "64".into()],
+        ..Default::default()
+    });
+    let (s, _) = call(&d, "PUT", "/mmds", Some(json!({"small": 1}))).await;
+    assert_eq!(s, 204);
+    let (s, b) = call(&d, "PATCH", "/mmds", Some(json!({"big": "y".repeat(100)}))).await;
+    assert_eq!(s, 413, "{b}");
+    assert!(fault(&b).starts_with("MMDS limit exceeded error"), "{b}");
+    let (_, b) = call(&d, "GET", "/mmds", None).await;
+    assert_eq!(b, json!({"small": 1}), "a refused patch changes nothing");
+}
+
+#[tokio::test]
+async fn log_level_filters_lines() {
+    let d = flick_testkit::FcDouble::spawn(flick_testkit::FcDoubleOptions {
+        extra_args: vec!["--level".into(), "Error".into(), "--show-level".into()],
+        ..Default::default()
+    });
+    let _ = call(&d, "GET", "/", None).await;
+    let _ = call(&d, "GET", "/nowhere", None).await;
+    let err = d.stderr();
+    assert!(!err.contains("The API server received"), "{err}");
+    assert!(
+        err.contains("[anonymous-instance:fc_api:ERROR] InvalidPathMethod(\"nowhere\", Get)"),
+        "{err}"
+    );
+}

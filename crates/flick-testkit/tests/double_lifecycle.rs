@@ -585,7 +585,13 @@ async fn config_file_configures_and_boots() {
         "machine-config": {"vcpu_count": 2, "mem_size_mib": 256},
         "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
         "mmds-config": {"network_interfaces": ["eth0"]},
+        "cpu-config": dir.path().join("template.json"),
     }).to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("template.json"),
+        r#"{"kvm_capabilities": ["!56"]}"#,
+    )
+    .unwrap();
     let d = FcDouble::spawn(FcDoubleOptions {
         extra_args: vec!["--config-file".into(), config.display().to_string()],
         ..Default::default()
@@ -595,6 +601,7 @@ async fn config_file_configures_and_boots() {
     assert_eq!(cfg["machine-config"]["vcpu_count"], 2);
     assert_eq!(cfg["boot-source"]["boot_args"], "console=ttyS0");
     assert_eq!(cfg["mmds-config"]["network_interfaces"], json!(["eth0"]));
+    assert_eq!(cfg["cpu-config"], json!({"kvm_capabilities": ["!56"]}));
 
     // --no-api: no socket, still running until a signal.
     let sock = dir.path().join("never.sock");
@@ -633,4 +640,163 @@ async fn config_file_configures_and_boots() {
         "no socket left behind"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("The kernel file cannot be opened"));
+}
+
+#[tokio::test]
+async fn vsock_connections_wait_until_the_microvm_runs() {
+    let services = tempfile::tempdir().unwrap();
+    let echo = echo_server(services.path(), "echo.sock");
+    let d = FcDouble::spawn(FcDoubleOptions {
+        vsock_ports: vec![(52, echo)],
+        ..Default::default()
+    });
+    let uds = d.dir().join("v.sock");
+    let (s, _) = call(
+        &d,
+        "PUT",
+        "/vsock",
+        Some(json!({"guest_cid": 3, "uds_path": uds})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let pending = |uds: &Path| {
+        let mut conn = UnixStream::connect(uds).unwrap();
+        conn.write_all(b"CONNECT 52\n").unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let err = conn.read(&mut byte).unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{err}"
+        );
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn
+    };
+    // Before boot: no answer yet; the same connection is served once the microVM runs.
+    let mut early = pending(&uds);
+    boot(&d).await;
+    assert!(read_line(&mut early).starts_with("OK "));
+    early.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    early.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    // Paused: waits again until resumed.
+    let (s, _) = call(&d, "PATCH", "/vm", Some(json!({"state": "Paused"}))).await;
+    assert_eq!(s, 204);
+    let mut paused = pending(&uds);
+    let (s, _) = call(&d, "PATCH", "/vm", Some(json!({"state": "Resumed"}))).await;
+    assert_eq!(s, 204);
+    assert!(read_line(&mut paused).starts_with("OK "));
+}
+
+#[tokio::test]
+async fn snapshot_load_with_a_uffd_backend_needs_its_socket() {
+    let keep = tempfile::tempdir().unwrap();
+    let (snap, _mem) = make_snapshot(keep.path()).await;
+    let uffd = keep.path().join("uffd.sock");
+    let _listener = UnixListener::bind(&uffd).unwrap();
+    let d = double();
+    let (s, b) = call(&d, "PUT", "/snapshot/load", Some(json!({"snapshot_path": snap, "mem_backend": {"backend_type": "Uffd", "backend_path": uffd}, "resume_vm": true,
+        // The snapshot's vsock socket lived in a directory that is gone: restore needs a new one.
+        "vsock_override": {"uds_path": keep.path().join("v2.sock")}}))).await;
+    assert_eq!(s, 204, "{b}");
+    assert_eq!(state(&d).await, "Running");
+
+    let mut d = double();
+    let (s, b) = call(&d, "PUT", "/snapshot/load", Some(json!({"snapshot_path": snap, "mem_backend": {"backend_type": "Uffd", "backend_path": keep.path().join("none.sock")}}))).await;
+    assert_eq!(
+        (s, fault(&b).as_str()),
+        (
+            400,
+            "Load snapshot error: Failed to restore from snapshot: Failed to load guest memory: Error creating guest memory from uffd: Failed to connect to UDS Unix stream: No such file or directory (os error 2)"
+        )
+    );
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(Some(152)));
+}
+
+#[tokio::test]
+async fn options_as_environment_drive_a_double_spawned_by_someone_else() {
+    let services = tempfile::tempdir().unwrap();
+    let echo = echo_server(services.path(), "echo.sock");
+    let options = FcDoubleOptions {
+        vsock_ports: vec![(1024, echo)],
+        ignore_ctrl_alt_del: true,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let log = dir.path().join("req.jsonl");
+    // What a library does: spawn the binary with its own arguments, inheriting the environment.
+    let mut child = Command::new(fc_double_path())
+        .arg("--api-sock")
+        .arg(&sock)
+        .envs(options.env_vars(Some(&log)))
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "socket never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let kernel = dir.path().join("vmlinux");
+    std::fs::write(&kernel, b"k").unwrap();
+    let uds = dir.path().join("v.sock");
+    for (method, path, body) in [
+        ("PUT", "/vsock", json!({"guest_cid": 3, "uds_path": uds})),
+        ("PUT", "/boot-source", json!({"kernel_image_path": kernel})),
+        ("PUT", "/actions", json!({"action_type": "InstanceStart"})),
+        ("PUT", "/actions", json!({"action_type": "SendCtrlAltDel"})),
+    ] {
+        let (s, b) = flick_testkit::raw_request(&sock, method, path, Some(&body.to_string())).await;
+        assert_eq!(s, 204, "{method} {path}: {b}");
+    }
+    check_splice(&uds, 1024);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "Ctrl+Alt+Del was ignored"
+    );
+    let logged: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let paths: Vec<&str> = logged.iter().map(|v| v["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/vsock", "/boot-source", "/actions", "/actions"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn dropping_a_double_leaves_no_socket_behind() {
+    let outside = tempfile::tempdir().unwrap();
+    let uds = outside.path().join("v.sock");
+    let d = double();
+    let api = d.socket_path().to_path_buf();
+    let (s, _) = call(
+        &d,
+        "PUT",
+        "/vsock",
+        Some(json!({"guest_cid": 3, "uds_path": uds})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert!(uds.exists());
+    let pid = d.pid();
+    drop(d);
+    assert!(
+        !uds.exists(),
+        "vsock socket outside the double's directory is removed"
+    );
+    assert!(!api.exists());
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "process reaped"
+    );
 }

@@ -43,7 +43,7 @@ pub struct Args {
     /// Accepted and ignored.
     #[arg(long = "seccomp-filter", value_name = "PATH")]
     pub seccomp_filter: Option<PathBuf>,
-    /// Accepted and ignored.
+    /// Largest request body accepted, in bytes (default 51200, like Firecracker).
     #[arg(long = "http-api-max-payload-size", value_name = "BYTES")]
     pub http_api_max_payload_size: Option<usize>,
     /// MMDS data store limit in bytes.

@@ -124,6 +124,16 @@ impl Logger {
         }
     }
 
+    /// Whether lines at `level` are written.
+    #[must_use]
+    pub fn enabled(&self, level: Level) -> bool {
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        level != Level::Off && level <= inner.level
+    }
+
     /// Shorthand for an info line.
     pub fn info(&self, thread: &str, message: &str) {
         self.log(thread, Level::Info, message);

@@ -20,6 +20,7 @@
 
 pub mod cli;
 pub mod log;
+mod route;
 pub mod vmm;
 pub mod vsock;
 
@@ -138,10 +139,8 @@ async fn serve(args: Args) -> i32 {
     let vmm = Arc::new(Mutex::new(vmm));
     let Some(sock) = args.api_sock.clone().filter(|_| !args.no_api) else {
         // No API: run until a signal ends the process.
-        wait_for_signal().await;
-        if let Ok(vmm) = vmm.lock() {
-            remove_all(&vmm.cleanup_paths());
-        }
+        install_signal_exit(vmm, None);
+        std::future::pending::<()>().await;
         return 0;
     };
     if args.socket_delay_ms > 0 {
@@ -163,41 +162,35 @@ async fn serve(args: Args) -> i32 {
         None => None,
     };
     let ctx = Arc::new(Ctx {
+        max_payload: args
+            .http_api_max_payload_size
+            .unwrap_or(DEFAULT_MAX_PAYLOAD),
         vmm,
         request_log,
         sock: sock.clone(),
     });
+    install_signal_exit(Arc::clone(&ctx.vmm), Some(sock.clone()));
     let silent = args.api_silent;
     let mut held = Vec::new();
     loop {
-        tokio::select! {
-            () = wait_for_signal() => {
-                let mut paths = vec![sock.clone()];
-                if let Ok(vmm) = ctx.vmm.lock() {
-                    paths.extend(vmm.cleanup_paths());
-                }
-                remove_all(&paths);
-                return 0;
-            }
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                if silent {
-                    // Keep the connection open and never answer.
-                    held.push(stream);
-                    continue;
-                }
-                let ctx = Arc::clone(&ctx);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let ctx = Arc::clone(&ctx);
-                        async move { Ok::<_, Infallible>(ctx.respond(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        if silent {
+            // Keep the connection open and never answer.
+            held.push(stream);
+            continue;
         }
+        let ctx = Arc::clone(&ctx);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = Arc::clone(&ctx);
+                async move { Ok::<_, Infallible>(ctx.respond(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 
@@ -216,22 +209,41 @@ fn bind_atomically(sock: &std::path::Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn wait_for_signal() {
+/// On SIGTERM or SIGINT: remove the API socket and the vsock socket, then exit with status 0.
+/// The handlers are registered before this returns, so no signal is missed afterwards.
+fn install_signal_exit(vmm: Arc<Mutex<Vmm>>, sock: Option<PathBuf>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        std::future::pending::<()>().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let mut paths: Vec<PathBuf> = sock.into_iter().collect();
+        if let Ok(vmm) = vmm.lock() {
+            paths.extend(vmm.cleanup_paths());
+        }
+        remove_all(&paths);
+        std::process::exit(0);
+    });
+}
+
+/// Firecracker's default limit for an API request body, in bytes.
+const DEFAULT_MAX_PAYLOAD: usize = 51_200;
+
+/// The answer Firecracker's HTTP layer gives to a request it cannot parse (note the raw newline:
+/// Firecracker sends it like that).
+fn http_parse_error(detail: &str) -> String {
+    format!("{{ \"error\": \"{detail}\nAll previous unanswered requests will be dropped.\" }}")
 }
 
 struct Ctx {
+    max_payload: usize,
     vmm: Arc<Mutex<Vmm>>,
     request_log: Option<Arc<Mutex<std::fs::File>>>,
     sock: PathBuf,
@@ -245,7 +257,21 @@ impl Ctx {
             Ok(b) => b.to_bytes(),
             Err(_) => Bytes::new(),
         };
-        let reply = {
+        let reply = if !matches!(method.as_str(), "GET" | "PUT" | "PATCH") {
+            vmm::Reply::raw(
+                400,
+                http_parse_error("Invalid HTTP Method: Unsupported HTTP method."),
+            )
+        } else if body.len() > self.max_payload {
+            vmm::Reply::raw(
+                400,
+                http_parse_error(&format!(
+                    "Request payload with size {} is larger than the limit of {} allowed by server.",
+                    body.len(),
+                    self.max_payload
+                )),
+            )
+        } else {
             let mut vmm = self
                 .vmm
                 .lock()

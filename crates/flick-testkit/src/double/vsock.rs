@@ -9,6 +9,9 @@
 //! (`--vsock-port PORT=PATH` or `FC_DOUBLE_VSOCK_PORTS`): on `CONNECT` the double dials that
 //! socket and, if it answers, writes `OK <n>` and splices bytes both ways. The `CONNECT` line is
 //! read one byte at a time so no byte meant for the guest is swallowed.
+//!
+//! Only a running microVM answers: before `InstanceStart` and while paused, a connection waits
+//! (as the guest could not accept it) and is served once the microVM runs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
 
 /// Guest port -> host Unix socket standing in for the guest service.
 pub type PortMap = BTreeMap<u32, PathBuf>;
@@ -54,7 +58,7 @@ pub fn parse_port_map(entries: &[String]) -> Result<PortMap, String> {
 }
 
 /// Serves host-initiated vsock connections on `listener` until the task is aborted.
-pub async fn serve(listener: UnixListener, ports: Arc<PortMap>) {
+pub async fn serve(listener: UnixListener, ports: Arc<PortMap>, running: watch::Receiver<bool>) {
     let next_port = Arc::new(AtomicU32::new(FIRST_LOCAL_PORT));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -62,8 +66,9 @@ pub async fn serve(listener: UnixListener, ports: Arc<PortMap>) {
         };
         let ports = Arc::clone(&ports);
         let next_port = Arc::clone(&next_port);
+        let mut running = running.clone();
         tokio::spawn(async move {
-            let _ = handle(stream, &ports, &next_port).await;
+            let _ = handle(stream, &ports, &next_port, &mut running).await;
         });
     }
 }
@@ -72,10 +77,14 @@ async fn handle(
     mut host: UnixStream,
     ports: &PortMap,
     next_port: &AtomicU32,
+    running: &mut watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let Some(line) = read_line(&mut host).await? else {
         return Ok(());
     };
+    if running.wait_for(|r| *r).await.is_err() {
+        return Ok(());
+    }
     let Some(port) = parse_connect(&line) else {
         return Ok(());
     };
