@@ -98,11 +98,19 @@ fn start_vs_raw(rt: &tokio::runtime::Runtime, dir: &Path, kernel: &Path, rootfs:
         let mut conn = Raw::connect(&socket);
         conn.send("GET", "/", None);
         for call in &calls {
-            conn.send(call.method.as_str(), &call.path, Some(&call.body.to_string()));
+            conn.send(
+                call.method.as_str(),
+                &call.path,
+                Some(&call.body.to_string()),
+            );
         }
         let serial_body = format!("{{\"serial_out_path\":{:?}}}", serial.display().to_string());
         conn.send("PUT", "/serial", Some(&serial_body));
-        conn.send("PUT", "/actions", Some("{\"action_type\":\"InstanceStart\"}"));
+        conn.send(
+            "PUT",
+            "/actions",
+            Some("{\"action_type\":\"InstanceStart\"}"),
+        );
         raw_t.push(t.elapsed());
         let _ = child.kill();
         let _ = child.wait();
@@ -111,9 +119,18 @@ fn start_vs_raw(rt: &tokio::runtime::Runtime, dir: &Path, kernel: &Path, rootfs:
     let f = median(&mut flick_t);
     let r = median(&mut raw_t);
     println!("== start() up to InstanceStart accepted (median of {N}, process spawn included)");
-    println!("flick Host::create_vm + start : {:>8.2} ms", f.as_secs_f64() * 1e3);
-    println!("raw socket, same requests     : {:>8.2} ms", r.as_secs_f64() * 1e3);
-    println!("ratio flick/raw               : {:>8.2}x (target <= 1.1x)", f.as_secs_f64() / r.as_secs_f64());
+    println!(
+        "flick Host::create_vm + start : {:>8.2} ms",
+        f.as_secs_f64() * 1e3
+    );
+    println!(
+        "raw socket, same requests     : {:>8.2} ms",
+        r.as_secs_f64() * 1e3
+    );
+    println!(
+        "ratio flick/raw               : {:>8.2}x (target <= 1.1x)",
+        f.as_secs_f64() / r.as_secs_f64()
+    );
 }
 
 fn staging(dir: &Path) {
@@ -149,7 +166,9 @@ fn staging(dir: &Path) {
         stage_file(&source, d, flick::ErrorCode::DriveStagingFailed).unwrap();
     });
     run("cp --sparse=always", &|d| cp(&source, d, "--sparse=always"));
-    run("cp --sparse=never (full)", &|d| cp(&source, d, "--sparse=never"));
+    run("cp --sparse=never (full)", &|d| {
+        cp(&source, d, "--sparse=never")
+    });
 }
 
 fn cp(src: &Path, dst: &Path, flag: &str) {
@@ -197,8 +216,15 @@ fn concurrency(rt: &tokio::runtime::Runtime, dir: &Path, kernel: &Path, rootfs: 
     let rate_fifty = 50.0 / fifty;
     println!("== 50 VMs started concurrently vs 1 VM (2 cores)");
     println!("1 VM   : {:>8.2} ms  -> {:>7.1} VMs/s", one * 1e3, rate_one);
-    println!("50 VMs : {:>8.2} ms  -> {:>7.1} VMs/s", fifty * 1e3, rate_fifty);
-    println!("per-VM rate ratio 50/1: {:.2}x (target >= 0.9x)", rate_fifty / rate_one);
+    println!(
+        "50 VMs : {:>8.2} ms  -> {:>7.1} VMs/s",
+        fifty * 1e3,
+        rate_fifty
+    );
+    println!(
+        "per-VM rate ratio 50/1: {:.2}x (target >= 0.9x)",
+        rate_fifty / rate_one
+    );
 }
 
 struct Raw {
