@@ -167,7 +167,7 @@ fn staging(dir: &Path) {
     });
     run("cp --sparse=always", &|d| cp(&source, d, "--sparse=always"));
     run("cp --sparse=never (full)", &|d| {
-        cp(&source, d, "--sparse=never")
+        cp(&source, d, "--sparse=never");
     });
 }
 

@@ -1,10 +1,15 @@
 //! Spawning and supervising `firecracker` (and `jailer`) processes.
 //!
-//! A VMM runs in its own session and process group (`setsid` before exec), with stdin on
-//! `/dev/null` and stdout/stderr appended to a log file, so that:
-//! - a terminal's Ctrl+C or the exit of the program that started it does not reach it (VMs can
-//!   outlive a short-lived CLI);
+//! A VMM runs in its own process group, with stdin on `/dev/null` and stdout/stderr appended to
+//! a log file, so that:
+//! - a terminal's Ctrl+C (sent to the terminal's foreground group) or the exit of the program
+//!   that started it does not reach it (VMs can outlive a short-lived CLI);
 //! - stopping it means signalling the whole group, so no helper it forked is left behind.
+//!
+//! Processes are started with `posix_spawn` (no `fork`, no code run in the child): on nested
+//! hosts, copying the parent's page tables for a `fork` costs milliseconds per VM. The one thing
+//! the child needs a different context for — a private mount namespace for the VM view — is
+//! prepared on a short-lived thread of our own, from which the child inherits it.
 //!
 //! A process is identified by its pid **and** its start time (field 22 of `/proc/<pid>/stat`), so
 //! a recycled pid is never mistaken for the VMM after a crash of the supervising program
@@ -179,32 +184,20 @@ impl SupervisedProcess {
         if let Some(cwd) = &spec.cwd {
             command.current_dir(cwd);
         }
-        let view = match &spec.bind_view {
-            Some((source, target)) => Some((cstring(source)?, cstring(target)?)),
-            None => None,
+        command.process_group(0);
+        let mut command = tokio::process::Command::from(command);
+        command.kill_on_drop(false);
+        let spawned = match &spec.bind_view {
+            None => command.spawn(),
+            Some((source, target)) => spawn_in_view(command, source.clone(), target.clone()),
         };
-        // SAFETY: the closure runs in the forked child before exec. It only makes raw system
-        // calls (setsid, unshare, mount) on C strings prepared before the fork, allocates
-        // nothing and touches no locks, so it is safe in the child of a multi-threaded parent.
-        unsafe {
-            command.pre_exec(move || {
-                rustix::process::setsid()?;
-                if let Some((source, target)) = &view {
-                    enter_view(source, target)?;
-                }
-                Ok(())
-            });
-        }
-        let child = tokio::process::Command::from(command)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::ProcessFailed,
-                    format!("cannot start {}", spec.program.display()),
-                )
-                .with_source(e)
-            })?;
+        let child = spawned.map_err(|e| {
+            Error::new(
+                ErrorCode::ProcessFailed,
+                format!("cannot start {}", spec.program.display()),
+            )
+            .with_source(e)
+        })?;
         let pid = child
             .id()
             .and_then(|p| i32::try_from(p).ok())
@@ -360,34 +353,43 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
-fn cstring(path: &Path) -> Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        Error::new(
-            ErrorCode::InvalidArgument,
-            format!("path {} contains a NUL byte", path.display()),
-        )
-    })
+/// Spawns `command` from a fresh thread that first moves itself into a private mount namespace
+/// where `source` is bind-mounted on `target`; the child inherits that namespace, the thread
+/// then ends and the rest of this process never sees the mount.
+fn spawn_in_view(
+    mut command: tokio::process::Command,
+    source: PathBuf,
+    target: PathBuf,
+) -> std::io::Result<tokio::process::Child> {
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| std::io::Error::other(format!("no async runtime to spawn in: {e}")))?;
+    let thread = std::thread::Builder::new()
+        .name("flick-view-spawn".into())
+        .spawn(move || {
+            let _runtime = runtime.enter();
+            enter_view(&source, &target)?;
+            command.spawn()
+        })?;
+    thread
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("view spawn thread panicked")))
 }
 
-/// In the forked child: a private mount namespace with `source` bind-mounted on `target`.
-fn enter_view(source: &std::ffi::CStr, target: &std::ffi::CStr) -> std::io::Result<()> {
-    use rustix::mount::{MountFlags, MountPropagationFlags};
-    // SAFETY: called in the single-threaded child between fork and exec; a new mount
-    // namespace does not invalidate any file descriptor or memory this process holds.
-    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS)? };
+/// On the calling thread only: a private mount namespace with `source` bind-mounted on
+/// `target`.
+fn enter_view(source: &Path, target: &Path) -> std::io::Result<()> {
+    use rustix::mount::MountPropagationFlags;
+    use rustix::thread::UnshareFlags;
+    // SAFETY: unsharing the filesystem context and the mount namespace affects only this
+    // thread (one of our own that spawns a single child and ends); no other thread observes
+    // the change, and no file descriptor or memory is invalidated by it.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::FS | UnshareFlags::NEWNS)? };
     // Nothing mounted here may propagate back to the host.
     rustix::mount::mount_change(
         c"/",
         MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
     )?;
-    rustix::mount::mount(
-        source,
-        target,
-        c"",
-        MountFlags::BIND,
-        None::<&std::ffi::CStr>,
-    )?;
+    rustix::mount::mount_bind(source, target)?;
     Ok(())
 }
 
@@ -433,17 +435,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn spawned_process_leads_its_own_session_and_logs() {
+    async fn spawned_process_leads_its_own_group_and_logs() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("out.log");
         let mut p =
             SupervisedProcess::spawn(&sh("echo out; echo err >&2; sleep 30", &log)).unwrap();
         let pid = p.identity().pid;
-        // Session id and process group are the pid itself.
+        // The process group is the pid itself, not ours.
         let stat = read_stat(pid).unwrap();
         let f = stat_fields(&stat).unwrap();
         assert_eq!(f[2].parse::<i32>().unwrap(), pid, "pgid");
-        assert_eq!(f[3].parse::<i32>().unwrap(), pid, "sid");
+        let own = read_stat(std::process::id() as i32).unwrap();
+        assert_ne!(stat_fields(&own).unwrap()[2].parse::<i32>().unwrap(), pid);
         assert!(p.identity().is_alive());
         tokio::time::sleep(Duration::from_millis(100)).await;
         let tail = p.log_tail(1024);

@@ -436,13 +436,55 @@ impl MicroVm {
         Ok((inner, client))
     }
 
+    /// Runs `f` with the API client if `op` is allowed now; a transport failure caused by
+    /// Firecracker having exited is reported as the VM being stopped.
+    async fn with_client<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
+    where
+        F: FnOnce(FirecrackerClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let (mut inner, client) = self.checked(op).await?;
+        let result = f(client).await;
+        self.notice_exit(&mut inner, result).await
+    }
+
+    /// Turns a transport error into `INVALID_STATE` (stopped) when Firecracker has exited.
+    async fn notice_exit<T>(&self, inner: &mut Inner, result: Result<T>) -> Result<T> {
+        let err = match result {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    ErrorCode::SocketRequestFailed | ErrorCode::ApiTimeout
+                ) =>
+            {
+                e
+            }
+            other => return other,
+        };
+        // A closed socket usually means the process is exiting right now.
+        if let Some(p) = inner.process.as_mut() {
+            p.wait_timeout(Duration::from_millis(200)).await;
+        }
+        self.reap_if_exited(inner);
+        if inner.state == VmState::Stopped {
+            return Err(Error::new(
+                ErrorCode::InvalidState,
+                format!("VM {} is stopped: Firecracker exited", self.id),
+            )
+            .with_details(json!({ "state": VmState::Stopped }))
+            .with_source(err));
+        }
+        Err(err)
+    }
+
     /// Pauses the vCPUs.
     ///
     /// # Errors
     /// [`ErrorCode::InvalidState`] unless `Running`; [`ErrorCode::ApiError`] from Firecracker.
     pub async fn pause(&self) -> Result<()> {
         let (mut inner, client) = self.checked(Operation::Pause).await?;
-        client.pause().await?;
+        let result = client.pause().await;
+        self.notice_exit(&mut inner, result).await?;
         self.set_state(&mut inner, VmState::Paused);
         Ok(())
     }
@@ -453,7 +495,8 @@ impl MicroVm {
     /// [`ErrorCode::InvalidState`] unless `Paused`; [`ErrorCode::ApiError`] from Firecracker.
     pub async fn resume(&self) -> Result<()> {
         let (mut inner, client) = self.checked(Operation::Resume).await?;
-        client.resume().await?;
+        let result = client.resume().await;
+        self.notice_exit(&mut inner, result).await?;
         self.set_state(&mut inner, VmState::Running);
         Ok(())
     }
@@ -544,8 +587,10 @@ impl MicroVm {
     /// # Errors
     /// [`ErrorCode::InvalidState`] unless `Running` or `Paused`.
     pub async fn info(&self) -> Result<InstanceInfo> {
-        let (_inner, client) = self.checked(Operation::Info).await?;
-        client.describe_instance().await
+        self.with_client(Operation::Info, |client| async move {
+            client.describe_instance().await
+        })
+        .await
     }
 
     /// Firecracker's version.
@@ -553,8 +598,10 @@ impl MicroVm {
     /// # Errors
     /// [`ErrorCode::InvalidState`] unless `Running` or `Paused`.
     pub async fn version(&self) -> Result<String> {
-        let (_inner, client) = self.checked(Operation::Version).await?;
-        Ok(client.version().await?.firecracker_version)
+        self.with_client(Operation::Version, |client| async move {
+            Ok(client.version().await?.firecracker_version)
+        })
+        .await
     }
 
     /// Replaces the MMDS store.
@@ -562,8 +609,10 @@ impl MicroVm {
     /// # Errors
     /// [`ErrorCode::InvalidState`] unless `Running` or `Paused`.
     pub async fn set_metadata(&self, data: &Value) -> Result<()> {
-        let (_inner, client) = self.checked(Operation::SetMetadata).await?;
-        client.put_mmds(data).await
+        self.with_client(Operation::SetMetadata, |client| async move {
+            client.put_mmds(data).await
+        })
+        .await
     }
 
     /// JSON merge-patch of the MMDS store.
@@ -571,8 +620,10 @@ impl MicroVm {
     /// # Errors
     /// [`ErrorCode::InvalidState`] unless `Running` or `Paused`.
     pub async fn patch_metadata(&self, patch: &Value) -> Result<()> {
-        let (_inner, client) = self.checked(Operation::PatchMetadata).await?;
-        client.patch_mmds(patch).await
+        self.with_client(Operation::PatchMetadata, |client| async move {
+            client.patch_mmds(patch).await
+        })
+        .await
     }
 
     /// The MMDS store.
@@ -580,8 +631,10 @@ impl MicroVm {
     /// # Errors
     /// [`ErrorCode::InvalidState`] unless `Running` or `Paused`.
     pub async fn get_metadata(&self) -> Result<Value> {
-        let (_inner, client) = self.checked(Operation::GetMetadata).await?;
-        client.get_mmds().await
+        self.with_client(Operation::GetMetadata, |client| async move {
+            client.get_mmds().await
+        })
+        .await
     }
 
     /// New backing file or rate limiter for a drive.
@@ -590,8 +643,10 @@ impl MicroVm {
     /// [`ErrorCode::InvalidState`] unless `Running` or `Paused`; `INVALID_CONFIG` for a bad
     /// update; `API_ERROR` from Firecracker.
     pub async fn update_drive(&self, update: &DriveUpdate) -> Result<()> {
-        let (_inner, client) = self.checked(Operation::UpdateDrive).await?;
-        client.patch_drive(&update.to_payload()?).await
+        self.with_client(Operation::UpdateDrive, |client| async move {
+            client.patch_drive(&update.to_payload()?).await
+        })
+        .await
     }
 
     /// New rate limiters for a network interface.
@@ -599,8 +654,10 @@ impl MicroVm {
     /// # Errors
     /// As [`update_drive`](Self::update_drive).
     pub async fn update_network_interface(&self, update: &NetworkInterfaceUpdate) -> Result<()> {
-        let (_inner, client) = self.checked(Operation::UpdateNetworkInterface).await?;
-        client.patch_network_interface(&update.to_payload()?).await
+        self.with_client(Operation::UpdateNetworkInterface, |client| async move {
+            client.patch_network_interface(&update.to_payload()?).await
+        })
+        .await
     }
 
     /// New balloon target and/or statistics interval.
@@ -636,8 +693,10 @@ impl MicroVm {
     /// # Errors
     /// As [`update_drive`](Self::update_drive).
     pub async fn balloon_stats(&self) -> Result<models::BalloonStats> {
-        let (_inner, client) = self.checked(Operation::BalloonStats).await?;
-        client.get_balloon_stats().await
+        self.with_client(Operation::BalloonStats, |client| async move {
+            client.get_balloon_stats().await
+        })
+        .await
     }
 
     /// Writes a snapshot of a paused VM: Firecracker's state and memory files, plus a sparse
