@@ -96,6 +96,21 @@ fn io_failed(url: &str, what: &str, path: &Path, err: std::io::Error) -> Error {
     .with_source(err)
 }
 
+/// An error for a request that never got an HTTP answer (or lost its connection), marked with
+/// `details.transport = true` so callers can tell "offline" from "the server said no".
+fn transport_failed(code: ErrorCode, url: &str, msg: String) -> Error {
+    Error::new(code, msg).with_details(json!({ "url": url, "transport": true }))
+}
+
+/// Whether `err` is a connection-level failure (no HTTP answer) from [`Downloader`].
+#[must_use]
+pub fn is_transport_error(err: &Error) -> bool {
+    err.details()
+        .and_then(|d| d.get("transport"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false)
+}
+
 /// `<dest>.part`.
 #[must_use]
 pub fn partial_path(dest: &Path) -> PathBuf {
@@ -222,7 +237,12 @@ impl Downloader {
                     self.pause(attempt).await;
                     continue;
                 }
-                Err(e) => return Err(fail(format!("fetching {what} from {url}")).with_source(e)),
+                Err(e) => {
+                    return Err(
+                        transport_failed(code, url, format!("fetching {what} from {url}"))
+                            .with_source(e),
+                    );
+                }
             };
             let status = resp.status();
             if status.is_server_error() && attempt < self.max_attempts {
@@ -261,7 +281,10 @@ impl Downloader {
                     self.pause(attempt).await;
                     continue;
                 }
-                return Err(fail(format!("reading {what} from {url}")).with_source(e));
+                return Err(
+                    transport_failed(code, url, format!("reading {what} from {url}"))
+                        .with_source(e),
+                );
             }
             return String::from_utf8(body)
                 .map_err(|e| fail(format!("{what} at {url} is not UTF-8")).with_source(e));
