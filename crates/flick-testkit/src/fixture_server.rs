@@ -948,3 +948,103 @@ pub fn ci_bucket_objects(train: &str, arch: &str, artifact_len: usize) -> Vec<Bu
     );
     objs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    #[test]
+    fn ranges_parse_like_http() {
+        assert_eq!(parse_range("bytes=0-", 10), Some(Ok((0, 9))));
+        assert_eq!(parse_range("bytes=4-6", 10), Some(Ok((4, 6))));
+        assert_eq!(parse_range("bytes=4-99", 10), Some(Ok((4, 9))));
+        assert_eq!(parse_range("bytes=10-", 10), Some(Err(())));
+        assert_eq!(parse_range("bytes=6-4", 10), Some(Err(())));
+        assert_eq!(parse_range("items=0-", 10), None);
+        assert_eq!(parse_range("bytes=-5", 10), None);
+    }
+
+    #[test]
+    fn listing_pages_follow_tokens_and_prefix() {
+        let objects: BTreeMap<String, Bytes> = ["a/1", "a/2", "a/3", "b/1"]
+            .iter()
+            .map(|k| ((*k).to_owned(), Bytes::from_static(b"xy")))
+            .collect();
+        let first = list_objects_v2("bkt", &objects, "list-type=2&prefix=a%2F", 2);
+        assert!(first.contains("<Key>a/1</Key>") && first.contains("<Key>a/2</Key>"));
+        assert!(!first.contains("a/3") && !first.contains("b/1"));
+        assert!(first.contains("<IsTruncated>true</IsTruncated>"));
+        assert!(first.contains("<NextContinuationToken>a/2</NextContinuationToken>"));
+        assert!(first.contains("<Size>2</Size>"));
+        let second = list_objects_v2("bkt", &objects, "prefix=a/&continuation-token=a%2F2", 2);
+        assert!(second.contains("<Key>a/3</Key>") && !second.contains("<Key>a/2</Key>"));
+        assert!(second.contains("<IsTruncated>false</IsTruncated>"));
+    }
+
+    #[test]
+    fn release_tarball_has_the_real_layout() {
+        let rel = ReleaseFixture::new("v1.16.1", "x86_64", &ReleaseOptions::default());
+        let digest = hex::encode(Sha256::digest(&rel.tarball));
+        assert_eq!(
+            rel.sha256_txt,
+            format!("{digest}  firecracker-v1.16.1-x86_64.tgz\n")
+        );
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(rel.tarball.as_ref()));
+        let mut seen = BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            let mode = entry.header().mode().unwrap();
+            let mut body = String::new();
+            let _ = entry.read_to_string(&mut body);
+            seen.insert(path, (mode, body));
+        }
+        assert!(
+            seen.keys()
+                .all(|p| p.starts_with("release-v1.16.1-x86_64/"))
+        );
+        let (mode, script) = &seen["release-v1.16.1-x86_64/firecracker-v1.16.1-x86_64"];
+        assert_eq!(*mode, 0o755);
+        assert!(script.contains("Firecracker v1.16.1"));
+        let (mode, script) = &seen["release-v1.16.1-x86_64/jailer-v1.16.1-x86_64"];
+        assert_eq!(*mode, 0o755);
+        assert!(script.contains("Jailer v1.16.1"));
+        for name in [
+            "SHA256SUMS",
+            "LICENSE",
+            "seccomp-filter-v1.16.1-x86_64.json",
+        ] {
+            assert!(
+                seen.contains_key(&format!("release-v1.16.1-x86_64/{name}")),
+                "{name}"
+            );
+        }
+        let without = ReleaseFixture::new(
+            "v1.16.1",
+            "x86_64",
+            &ReleaseOptions {
+                omit_jailer: true,
+                ..ReleaseOptions::default()
+            },
+        );
+        assert_ne!(without.tarball, rel.tarball);
+    }
+
+    #[test]
+    fn ci_objects_hold_the_tricky_keys() {
+        let keys: Vec<String> = ci_bucket_objects("v1.16", "x86_64", 16)
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        for want in [
+            "firecracker-ci/v1.16/x86_64/vmlinux-6.1.9",
+            "firecracker-ci/v1.16/x86_64/vmlinux-6.1.10",
+            "firecracker-ci/v1.16/x86_64/ubuntu-24.04.squashfs",
+            "firecracker-ci/v1.16/x86_64/ubuntu-24.04.ext4",
+            "firecracker-ci/v1.16/aarch64/vmlinux-6.1.99",
+        ] {
+            assert!(keys.iter().any(|k| k == want), "{want}");
+        }
+    }
+}

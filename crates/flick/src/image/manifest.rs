@@ -550,4 +550,30 @@ mod tests {
             assert!(!is_valid_bundle_id(bad), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(text in ".{0,300}") {
+            let _ = parse_manifest(&text, None);
+        }
+
+        #[test]
+        fn file_names_never_escape(name in ".{0,40}") {
+            let mut v = good();
+            v["kernel"]["fileName"] = json!(name);
+            if let Ok(m) = parse_manifest(&v.to_string(), None) {
+                let joined = Path::new("/cache/b").join(&m.kernel.file_name);
+                proptest::prop_assert_eq!(joined.parent(), Some(Path::new("/cache/b")));
+                proptest::prop_assert!(m.kernel.file_name != ".." && m.kernel.file_name != ".");
+            }
+        }
+
+        #[test]
+        fn valid_bundle_ids_are_accepted(id in "[A-Za-z0-9_-][A-Za-z0-9._-]{0,60}") {
+            let mut v = good();
+            v["bundleId"] = json!(id.clone());
+            let m = parse_manifest(&v.to_string(), None).unwrap();
+            proptest::prop_assert_eq!(m.bundle_id, id);
+        }
+    }
 }
