@@ -425,7 +425,14 @@ impl BaseImageCache {
             (result?, true)
         };
         drop(lock);
-        let evicted = self.prune(Some(&plan.bundle_id)).await?;
+        // The bundle is ready; a failed eviction must not turn that into an error.
+        let evicted = match self.prune(Some(&plan.bundle_id)).await {
+            Ok(evicted) => evicted,
+            Err(err) => {
+                tracing::warn!(error = %err.chain(), "evicting old base images failed");
+                Vec::new()
+            }
+        };
         Ok(Ensured {
             bundle,
             downloaded,
