@@ -309,7 +309,7 @@ impl FixtureServer {
     }
 
     /// Publishes a Firecracker release: the latest-release JSON (when `latest`), the `.tgz` and its
-    /// `.sha256.txt`. Returns the release so tests can look at its bytes.
+    /// `.sha256.txt`.
     pub fn serve_release(&self, release: &ReleaseFixture, latest: bool) {
         let dl = format!("/{FIRECRACKER_REPO}/releases/download/{}", release.tag);
         self.serve(
