@@ -57,6 +57,9 @@ pub enum Fault {
     DropAfter(usize),
     /// Answer `200` with the whole body even when a `Range` was asked for.
     IgnoreRange,
+    /// Answer a `Range` request with `206` for the whole body (`bytes 0-<last>/<len>`), a range
+    /// other than the one asked for.
+    RangeFromZero,
     /// Serve the body with every byte flipped (same length, wrong content).
     WrongBytes,
     /// Serve the body in chunks of `chunk` bytes with `delay` between them.
@@ -452,7 +455,12 @@ fn serve_body(
     let mut status = StatusCode::OK;
     let mut slice = body.clone();
     let mut content_range = None;
-    if let (Some(range), true) = (range, honour_range) {
+    if let (Some(_), Some(Fault::RangeFromZero)) = (range, fault)
+        && total > 0
+    {
+        status = StatusCode::PARTIAL_CONTENT;
+        content_range = Some(format!("bytes 0-{}/{total}", total - 1));
+    } else if let (Some(range), true) = (range, honour_range) {
         match parse_range(range, total) {
             Some(Ok((start, end))) => {
                 status = StatusCode::PARTIAL_CONTENT;

@@ -242,6 +242,35 @@ async fn ignored_range_restarts_from_zero() {
 }
 
 #[tokio::test]
+async fn partial_content_for_another_range_is_not_spliced_in() {
+    let env = Env::new();
+    let cache = env.cache(2);
+    let kernel = env.ci_path("vmlinux-6.1.10");
+    env.server.fault_once(&kernel, Fault::DropAfter(20_000));
+    env.server.fault_once(&kernel, Fault::RangeFromZero);
+    let got = cache
+        .ensure(
+            &BaseImagePreset::Latest,
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .expect("recovered download");
+    let seen: Vec<_> = env
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == kernel)
+        .map(|r| r.range)
+        .collect();
+    assert_eq!(seen, vec![None, Some("bytes=20000-".to_owned()), None]);
+    assert_eq!(
+        std::fs::read(got.bundle.kernel_path()).unwrap(),
+        env.ci_bytes(LATEST_TRAIN, "vmlinux-6.1.10")
+    );
+}
+
+#[tokio::test]
 async fn dropped_connection_on_every_attempt_fails_and_leaves_cache_as_it_was() {
     let env = Env::new();
     let (cache, before) = populated(&env).await;

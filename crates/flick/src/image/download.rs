@@ -5,7 +5,8 @@
 //! 1. Bytes go to `<dest>.part`. If that file exists (an earlier run was interrupted), its bytes
 //!    are hashed first and the request asks for the rest with `Range: bytes=<len>-`.
 //! 2. A `206` whose `Content-Range` starts at that offset continues the file; a `200` (the server
-//!    ignored `Range`), a `416` or a `206` at another offset restarts from zero.
+//!    ignored `Range`) restarts the file with the full body it carries; a `416` or a `206` at
+//!    another offset restarts from zero with a new request.
 //! 3. The body streams through a bounded channel to a blocking writer thread that feeds the
 //!    SHA-256 hasher and the file in the same pass, so hashing overlaps with receiving.
 //! 4. A connection that breaks mid-body is retried with `Range` from the bytes already written;
@@ -392,7 +393,9 @@ impl Downloader {
                     offset = 0;
                     resumed_from = 0;
                     report(0, expected.size, ProgressEvent::Restarted);
-                    if status.as_u16() == 416 {
+                    // A 200 carries the whole body from byte 0: keep it. A 416 or a 206 for
+                    // another range is useless: ask again without a range.
+                    if status.as_u16() != 200 {
                         continue;
                     }
                 }
