@@ -334,6 +334,71 @@ impl FixtureServer {
         }
     }
 
+    /// Serves the CI bucket ([`CI_BUCKET`]) with the objects of every train in `trains` for
+    /// `arch` (see [`ci_bucket_objects`]), kernels and rootfs images of `artifact_len` bytes.
+    pub fn serve_ci_trains(&self, trains: &[&str], arch: &str, artifact_len: usize) {
+        let mut all = BTreeMap::new();
+        for train in trains {
+            for obj in ci_bucket_objects(train, arch, artifact_len) {
+                all.insert(obj.key.clone(), obj);
+            }
+        }
+        self.serve_bucket(CI_BUCKET, all.into_values().collect(), 1000);
+    }
+
+    /// Serves a hosted base-image bundle: the kernel at `/hosted/<id>/vmlinux`, the rootfs at
+    /// `/hosted/<id>/rootfs.<type>` and a schema-v1 manifest (camelCase, with `sha256` and
+    /// `sizeBytes`) at `/hosted/<id>/manifest.json`. Returns the manifest URL and its JSON.
+    pub fn serve_hosted_bundle(
+        &self,
+        bundle_id: &str,
+        arch: &str,
+        rootfs_type: &str,
+        kernel: &[u8],
+        rootfs: &[u8],
+    ) -> (String, serde_json::Value) {
+        let base = format!("/hosted/{bundle_id}");
+        let rootfs_name = format!("rootfs.{rootfs_type}");
+        self.serve(
+            &format!("{base}/vmlinux"),
+            kernel.to_vec(),
+            "application/octet-stream",
+        );
+        self.serve(
+            &format!("{base}/{rootfs_name}"),
+            rootfs.to_vec(),
+            "application/octet-stream",
+        );
+        let manifest = serde_json::json!({
+            "schemaVersion": 1,
+            "bundleId": bundle_id,
+            "name": format!("{bundle_id} (fixture)"),
+            "arch": arch,
+            "firecrackerVersion": "v1.16.1",
+            "rootfsType": rootfs_type,
+            "rootfsIsReadOnly": rootfs_type == "squashfs",
+            "kernel": {
+                "url": self.url(&format!("{base}/vmlinux")),
+                "fileName": "vmlinux",
+                "sha256": hex::encode(Sha256::digest(kernel)),
+                "sizeBytes": kernel.len(),
+            },
+            "rootfs": {
+                "url": self.url(&format!("{base}/{rootfs_name}")),
+                "fileName": rootfs_name,
+                "sha256": hex::encode(Sha256::digest(rootfs)),
+                "sizeBytes": rootfs.len(),
+            }
+        });
+        let path = format!("{base}/manifest.json");
+        self.serve(
+            &path,
+            serde_json::to_vec_pretty(&manifest).expect("manifest json"),
+            "application/json",
+        );
+        (self.url(&path), manifest)
+    }
+
     /// The path of a release asset on this server.
     #[must_use]
     pub fn release_asset_path(tag: &str, asset: &str) -> String {

@@ -711,3 +711,32 @@ async fn complete_partial_file_needs_no_request() {
     );
     assert_eq!(std::fs::read(got.bundle.kernel_path()).unwrap(), body);
 }
+
+#[tokio::test]
+async fn testkit_hosted_bundle_helper_round_trips() {
+    let env = Env::new();
+    let kernel = flick_testkit::fixture_server::pseudo_random_bytes(12_345, 1);
+    let rootfs = flick_testkit::fixture_server::pseudo_random_bytes(23_456, 2);
+    let (url, manifest) = env.server.serve_hosted_bundle(
+        "kit-bundle",
+        host_arch().as_str(),
+        "squashfs",
+        &kernel,
+        &rootfs,
+    );
+    let got = env
+        .cache(2)
+        .ensure(
+            &BaseImagePreset::Hosted(ManifestSource::Url(url)),
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got.bundle.record.rootfs.sha256,
+        manifest["rootfs"]["sha256"]
+    );
+    assert_eq!(std::fs::read(got.bundle.rootfs_path()).unwrap(), rootfs);
+    assert!(got.bundle.record.rootfs_is_read_only);
+}
