@@ -691,3 +691,38 @@ async fn disk_full_fails_and_leaves_cache_as_it_was() {
     assert!(err.chain().contains("No space left"), "{}", err.chain());
     assert_eq!(tree(&mount.0), before);
 }
+
+#[tokio::test]
+async fn failures_on_a_fresh_data_dir_create_nothing() {
+    let env = Env::new();
+    let before = tree(env.data.path());
+    assert!(before.is_empty(), "the data dir starts empty");
+    // A bundle download that fails after the plan was made.
+    let mut m = env.hosted_manifest("fresh");
+    m["kernel"]["sha256"] = sha256_hex(b"nope").into();
+    let err = ensure_hosted(&env, &env.cache(2), "fresh", &m).await;
+    assert_eq!(err.code(), ErrorCode::DownloadFailed);
+    assert_eq!(tree(env.data.path()), before, "no empty base-images/ left");
+    // A release download that fails.
+    let arch = host_arch();
+    let rel = ReleaseFixture::new(
+        "v1.8.0",
+        arch.as_str(),
+        &ReleaseOptions {
+            omit_jailer: true,
+            ..ReleaseOptions::default()
+        },
+    );
+    env.server.serve_release(&rel, false);
+    let err = BinaryManager::new(env.dirs(), env.endpoints(), downloader())
+        .ensure(
+            &VersionSpec::Pinned("v1.8.0".into()),
+            None,
+            false,
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BinaryNotFound);
+    assert_eq!(tree(env.data.path()), before, "no empty bin/ left");
+}

@@ -47,7 +47,10 @@ use super::manifest::{
 };
 use super::progress::{Progress, ProgressEvent, ProgressUpdate};
 use super::version::{ci_train, normalize_fc_version};
-use super::{Arch, DataDirs, Endpoints, RootfsType, now_unix_ms, sync_dir, write_atomic};
+use super::{
+    Arch, DataDirs, Endpoints, RootfsType, create_dirs_tracked, now_unix_ms, remove_created_dirs,
+    sync_dir, write_atomic,
+};
 use crate::error::{Error, ErrorCode, Result};
 
 /// The Firecracker version whose CI train the `lts` preset uses by default.
@@ -391,8 +394,21 @@ impl BaseImageCache {
             }
             Err(err) => return Err(err),
         };
-        std::fs::create_dir_all(&self.opts.dir)
+        let created = create_dirs_tracked(&self.opts.dir)
             .map_err(|e| io_err("creating", &self.opts.dir, e))?;
+        let result = self.ensure_planned(&plan, options, progress).await;
+        if result.is_err() {
+            remove_created_dirs(&created);
+        }
+        result
+    }
+
+    async fn ensure_planned(
+        &self,
+        plan: &Plan,
+        options: EnsureOptions,
+        progress: &dyn Progress,
+    ) -> Result<Ensured> {
         let lock_path = self.internal(&plan.bundle_id, "lock");
         let lock = PathLock::acquire(&lock_path)
             .await
@@ -417,7 +433,7 @@ impl BaseImageCache {
             (bundle, false)
         } else {
             let staging = self.internal(&plan.bundle_id, "staging");
-            let result = self.build(&plan, &staging, &dir, progress).await;
+            let result = self.build(plan, &staging, &dir, progress).await;
             if result.is_err() {
                 let _ = std::fs::remove_dir_all(&staging);
                 let _ = std::fs::remove_dir_all(self.internal(&plan.bundle_id, "old"));

@@ -28,7 +28,10 @@ use super::download::{Downloader, Expected, hash_file, is_transport_error, norma
 use super::lock::PathLock;
 use super::progress::{Progress, ProgressEvent, ProgressUpdate};
 use super::version::{normalize_fc_version, numeric_parts};
-use super::{Arch, DataDirs, Endpoints, now_unix_ms, sync_dir, write_atomic};
+use super::{
+    Arch, DataDirs, Endpoints, create_dirs_tracked, now_unix_ms, remove_created_dirs, sync_dir,
+    write_atomic,
+};
 use crate::error::{Error, ErrorCode, Result};
 
 /// Which Firecracker version to use.
@@ -271,8 +274,26 @@ impl BinaryManager {
             Err(err) => return Err(err),
         };
         let bin_dir = self.dirs.bin_dir();
-        std::fs::create_dir_all(&bin_dir)
+        let created = create_dirs_tracked(&bin_dir)
             .map_err(|e| Error::io(ErrorCode::IoError, "creating", &bin_dir, e))?;
+        let result = self
+            .ensure_version(&version, arch, force_download, progress)
+            .await;
+        if result.is_err() {
+            remove_created_dirs(&created);
+        }
+        result
+    }
+
+    async fn ensure_version(
+        &self,
+        version: &str,
+        arch: Arch,
+        force_download: bool,
+        progress: &dyn Progress,
+    ) -> Result<FirecrackerBinaries> {
+        let version = version.to_owned();
+        let bin_dir = self.dirs.bin_dir();
         let lock_path = bin_dir.join(format!(".{version}-{arch}.lock"));
         let _lock = PathLock::acquire(&lock_path)
             .await
