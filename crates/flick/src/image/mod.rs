@@ -20,6 +20,34 @@
 //!
 //! Every base URL is configurable through [`Endpoints`], so tests point flick at a local server.
 //! The cache layout, file formats, locking and error codes are described in `docs/artifacts.md`.
+//!
+//! ```no_run
+//! use flick::image::{
+//!     BaseImageCache, BaseImagePreset, BinaryManager, CacheOptions, DataDirs, Downloader,
+//!     Endpoints, EnsureOptions, ProgressUpdate, VersionSpec,
+//! };
+//!
+//! # async fn demo() -> flick::Result<()> {
+//! let dirs = DataDirs::new(DataDirs::default_root());
+//! let downloader = Downloader::new()?;
+//! let show = |u: &ProgressUpdate<'_>| eprintln!("{} {}/{:?}", u.artifact, u.done, u.total);
+//!
+//! let bins = BinaryManager::new(dirs.clone(), Endpoints::default(), downloader.clone())
+//!     .ensure(&VersionSpec::Latest, None, false, &show)
+//!     .await?;
+//! let cache = BaseImageCache::new(CacheOptions::new(&dirs), downloader)?;
+//! let ready = cache
+//!     .ensure(&BaseImagePreset::Latest, EnsureOptions::default(), &show)
+//!     .await?;
+//! println!(
+//!     "{} boots {} with {}",
+//!     bins.firecracker.display(),
+//!     ready.bundle.kernel_path().display(),
+//!     ready.bundle.record.boot_args
+//! );
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cache;
 pub mod ci;
