@@ -82,6 +82,10 @@ pub struct SeenRequest {
     pub range: Option<String>,
     /// The `User-Agent` header, if any.
     pub user_agent: Option<String>,
+    /// The `Accept` header, if any.
+    pub accept: Option<String>,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
 }
 
 /// An object stored in a fixture bucket.
@@ -452,6 +456,8 @@ fn handle(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Body> {
             query: query.clone(),
             range: range.clone(),
             user_agent: header_str(header::USER_AGENT),
+            accept: header_str(header::ACCEPT),
+            authorization: header_str(header::AUTHORIZATION),
         });
         let fault = st
             .faults

@@ -349,3 +349,40 @@ async fn two_handles_fetch_a_release_once() {
     assert_eq!(env.server.request_count(&tarball_path(LATEST, arch)), 1);
     assert_eq!(ra.firecracker, rb.firecracker);
 }
+
+#[tokio::test]
+async fn github_token_goes_to_the_api_only() {
+    let env = Env::new();
+    let mgr = BinaryManager::new(
+        env.dirs(),
+        env.endpoints(),
+        downloader().with_github_token(Some("t0ken".into())),
+    );
+    mgr.ensure(&VersionSpec::Latest, None, false, &NoProgress)
+        .await
+        .unwrap();
+    let requests = env.server.requests();
+    let api = requests.iter().find(|r| r.path == LATEST_JSON).unwrap();
+    assert_eq!(api.authorization.as_deref(), Some("Bearer t0ken"));
+    assert_eq!(api.accept.as_deref(), Some("application/vnd.github+json"));
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.path != LATEST_JSON)
+            .all(|r| r.authorization.is_none()),
+        "the token leaked to a download"
+    );
+    assert!(
+        !format!("{mgr:?}").contains("t0ken"),
+        "the token shows in Debug output"
+    );
+    // A rate-limited API answer says so.
+    env.server.fault(
+        LATEST_JSON,
+        flick_testkit::fixture_server::Fault::Status(403),
+    );
+    let err = mgr.latest_version().await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::VersionFetchFailed);
+    assert_eq!(err.status(), Some(403));
+    assert!(err.message().contains("rate limit"), "{}", err.message());
+}

@@ -63,12 +63,29 @@ pub struct Downloaded {
 }
 
 /// An HTTP client for artifacts, with retry and resume.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Downloader {
     client: reqwest::Client,
     max_attempts: u32,
     retry_delay: Duration,
+    github_token: Option<String>,
 }
+
+impl std::fmt::Debug for Downloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloader")
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_delay", &self.retry_delay)
+            .field(
+                "github_token",
+                &self.github_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Extra headers of one text request.
+pub(crate) type Headers<'a> = &'a [(&'static str, String)];
 
 enum Step {
     /// The body was received completely.
@@ -200,6 +217,7 @@ impl Downloader {
             client,
             max_attempts: 3,
             retry_delay: Duration::from_millis(200),
+            github_token: None,
         })
     }
 
@@ -208,6 +226,27 @@ impl Downloader {
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
         self
+    }
+
+    /// Sends `token` as a bearer token to the GitHub releases API (raises its rate limit for
+    /// unauthenticated clients, 60 requests an hour). It is only sent on the release lookup, never
+    /// to download hosts.
+    #[must_use]
+    pub fn with_github_token(mut self, token: Option<String>) -> Self {
+        self.github_token = token.filter(|t| !t.trim().is_empty());
+        self
+    }
+
+    /// The headers for a GitHub API request: the JSON media type, the API version and the token.
+    pub(crate) fn github_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            ("accept", "application/vnd.github+json".to_owned()),
+            ("x-github-api-version", "2022-11-28".to_owned()),
+        ];
+        if let Some(token) = &self.github_token {
+            headers.push(("authorization", format!("Bearer {}", token.trim())));
+        }
+        headers
     }
 
     /// Sets the pause between attempts.
@@ -227,11 +266,26 @@ impl Downloader {
     /// # Errors
     /// `code` for connection failures, non-2xx answers, bodies over 32 MiB or non-UTF-8 bodies.
     pub async fn fetch_text(&self, url: &str, code: ErrorCode, what: &str) -> Result<String> {
+        self.fetch_text_with(url, code, what, &[]).await
+    }
+
+    /// [`fetch_text`](Self::fetch_text) with extra request headers.
+    pub(crate) async fn fetch_text_with(
+        &self,
+        url: &str,
+        code: ErrorCode,
+        what: &str,
+        headers: Headers<'_>,
+    ) -> Result<String> {
         let fail = |msg: String| Error::new(code, msg).with_details(json!({ "url": url }));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let resp = match self.client.get(url).send().await {
+            let mut req = self.client.get(url);
+            for (name, value) in headers {
+                req = req.header(*name, value);
+            }
+            let resp = match req.send().await {
                 Ok(resp) => resp,
                 Err(e) if attempt < self.max_attempts => {
                     tracing::debug!(url, error = %e, "retrying request");

@@ -516,9 +516,28 @@ pub(crate) async fn latest_version(
     endpoints: &Endpoints,
 ) -> Result<String> {
     let url = format!("{}/releases/latest", Endpoints::base(&endpoints.github_api));
+    let headers = downloader.github_headers();
     let text = downloader
-        .fetch_text(&url, ErrorCode::VersionFetchFailed, "the latest release")
-        .await?;
+        .fetch_text_with(
+            &url,
+            ErrorCode::VersionFetchFailed,
+            "the latest release",
+            &headers,
+        )
+        .await
+        .map_err(|err| match err.status() {
+            Some(403 | 429) => {
+                let msg = format!(
+                    "{} (the GitHub API may be rate limiting this address; pin a version or \
+                     configure a GitHub token)",
+                    err.message()
+                );
+                Error::new(ErrorCode::VersionFetchFailed, msg)
+                    .with_status(err.status().unwrap_or_default())
+                    .with_details(json!({ "url": url }))
+            }
+            _ => err,
+        })?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         Error::new(
             ErrorCode::VersionFetchFailed,
