@@ -57,6 +57,9 @@ pub enum Fault {
     DropAfter(usize),
     /// Answer `200` with the whole body even when a `Range` was asked for.
     IgnoreRange,
+    /// Answer a `Range` request with `206` for the whole body (`bytes 0-<last>/<len>`), a range
+    /// other than the one asked for.
+    RangeFromZero,
     /// Serve the body with every byte flipped (same length, wrong content).
     WrongBytes,
     /// Serve the body in chunks of `chunk` bytes with `delay` between them.
@@ -79,6 +82,10 @@ pub struct SeenRequest {
     pub range: Option<String>,
     /// The `User-Agent` header, if any.
     pub user_agent: Option<String>,
+    /// The `Accept` header, if any.
+    pub accept: Option<String>,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
 }
 
 /// An object stored in a fixture bucket.
@@ -309,7 +316,7 @@ impl FixtureServer {
     }
 
     /// Publishes a Firecracker release: the latest-release JSON (when `latest`), the `.tgz` and its
-    /// `.sha256.txt`. Returns the release so tests can look at its bytes.
+    /// `.sha256.txt`.
     pub fn serve_release(&self, release: &ReleaseFixture, latest: bool) {
         let dl = format!("/{FIRECRACKER_REPO}/releases/download/{}", release.tag);
         self.serve(
@@ -329,6 +336,71 @@ impl FixtureServer {
                 "application/json; charset=utf-8",
             );
         }
+    }
+
+    /// Serves the CI bucket ([`CI_BUCKET`]) with the objects of every train in `trains` for
+    /// `arch` (see [`ci_bucket_objects`]), kernels and rootfs images of `artifact_len` bytes.
+    pub fn serve_ci_trains(&self, trains: &[&str], arch: &str, artifact_len: usize) {
+        let mut all = BTreeMap::new();
+        for train in trains {
+            for obj in ci_bucket_objects(train, arch, artifact_len) {
+                all.insert(obj.key.clone(), obj);
+            }
+        }
+        self.serve_bucket(CI_BUCKET, all.into_values().collect(), 1000);
+    }
+
+    /// Serves a hosted base-image bundle: the kernel at `/hosted/<id>/vmlinux`, the rootfs at
+    /// `/hosted/<id>/rootfs.<type>` and a schema-v1 manifest (camelCase, with `sha256` and
+    /// `sizeBytes`) at `/hosted/<id>/manifest.json`. Returns the manifest URL and its JSON.
+    pub fn serve_hosted_bundle(
+        &self,
+        bundle_id: &str,
+        arch: &str,
+        rootfs_type: &str,
+        kernel: &[u8],
+        rootfs: &[u8],
+    ) -> (String, serde_json::Value) {
+        let base = format!("/hosted/{bundle_id}");
+        let rootfs_name = format!("rootfs.{rootfs_type}");
+        self.serve(
+            &format!("{base}/vmlinux"),
+            kernel.to_vec(),
+            "application/octet-stream",
+        );
+        self.serve(
+            &format!("{base}/{rootfs_name}"),
+            rootfs.to_vec(),
+            "application/octet-stream",
+        );
+        let manifest = serde_json::json!({
+            "schemaVersion": 1,
+            "bundleId": bundle_id,
+            "name": format!("{bundle_id} (fixture)"),
+            "arch": arch,
+            "firecrackerVersion": "v1.16.1",
+            "rootfsType": rootfs_type,
+            "rootfsIsReadOnly": rootfs_type == "squashfs",
+            "kernel": {
+                "url": self.url(&format!("{base}/vmlinux")),
+                "fileName": "vmlinux",
+                "sha256": hex::encode(Sha256::digest(kernel)),
+                "sizeBytes": kernel.len(),
+            },
+            "rootfs": {
+                "url": self.url(&format!("{base}/{rootfs_name}")),
+                "fileName": rootfs_name,
+                "sha256": hex::encode(Sha256::digest(rootfs)),
+                "sizeBytes": rootfs.len(),
+            }
+        });
+        let path = format!("{base}/manifest.json");
+        self.serve(
+            &path,
+            serde_json::to_vec_pretty(&manifest).expect("manifest json"),
+            "application/json",
+        );
+        (self.url(&path), manifest)
     }
 
     /// The path of a release asset on this server.
@@ -384,6 +456,8 @@ fn handle(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Body> {
             query: query.clone(),
             range: range.clone(),
             user_agent: header_str(header::USER_AGENT),
+            accept: header_str(header::ACCEPT),
+            authorization: header_str(header::AUTHORIZATION),
         });
         let fault = st
             .faults
@@ -452,7 +526,12 @@ fn serve_body(
     let mut status = StatusCode::OK;
     let mut slice = body.clone();
     let mut content_range = None;
-    if let (Some(range), true) = (range, honour_range) {
+    if let (Some(_), Some(Fault::RangeFromZero)) = (range, fault)
+        && total > 0
+    {
+        status = StatusCode::PARTIAL_CONTENT;
+        content_range = Some(format!("bytes 0-{}/{total}", total - 1));
+    } else if let (Some(range), true) = (range, honour_range) {
         match parse_range(range, total) {
             Some(Ok((start, end))) => {
                 status = StatusCode::PARTIAL_CONTENT;
@@ -947,4 +1026,104 @@ pub fn ci_bucket_objects(train: &str, arch: &str, artifact_len: usize) -> Vec<Bu
         pseudo_random_bytes(32, next()),
     );
     objs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    #[test]
+    fn ranges_parse_like_http() {
+        assert_eq!(parse_range("bytes=0-", 10), Some(Ok((0, 9))));
+        assert_eq!(parse_range("bytes=4-6", 10), Some(Ok((4, 6))));
+        assert_eq!(parse_range("bytes=4-99", 10), Some(Ok((4, 9))));
+        assert_eq!(parse_range("bytes=10-", 10), Some(Err(())));
+        assert_eq!(parse_range("bytes=6-4", 10), Some(Err(())));
+        assert_eq!(parse_range("items=0-", 10), None);
+        assert_eq!(parse_range("bytes=-5", 10), None);
+    }
+
+    #[test]
+    fn listing_pages_follow_tokens_and_prefix() {
+        let objects: BTreeMap<String, Bytes> = ["a/1", "a/2", "a/3", "b/1"]
+            .iter()
+            .map(|k| ((*k).to_owned(), Bytes::from_static(b"xy")))
+            .collect();
+        let first = list_objects_v2("bkt", &objects, "list-type=2&prefix=a%2F", 2);
+        assert!(first.contains("<Key>a/1</Key>") && first.contains("<Key>a/2</Key>"));
+        assert!(!first.contains("a/3") && !first.contains("b/1"));
+        assert!(first.contains("<IsTruncated>true</IsTruncated>"));
+        assert!(first.contains("<NextContinuationToken>a/2</NextContinuationToken>"));
+        assert!(first.contains("<Size>2</Size>"));
+        let second = list_objects_v2("bkt", &objects, "prefix=a/&continuation-token=a%2F2", 2);
+        assert!(second.contains("<Key>a/3</Key>") && !second.contains("<Key>a/2</Key>"));
+        assert!(second.contains("<IsTruncated>false</IsTruncated>"));
+    }
+
+    #[test]
+    fn release_tarball_has_the_real_layout() {
+        let rel = ReleaseFixture::new("v1.16.1", "x86_64", &ReleaseOptions::default());
+        let digest = hex::encode(Sha256::digest(&rel.tarball));
+        assert_eq!(
+            rel.sha256_txt,
+            format!("{digest}  firecracker-v1.16.1-x86_64.tgz\n")
+        );
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(rel.tarball.as_ref()));
+        let mut seen = BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            let mode = entry.header().mode().unwrap();
+            let mut body = String::new();
+            let _ = entry.read_to_string(&mut body);
+            seen.insert(path, (mode, body));
+        }
+        assert!(
+            seen.keys()
+                .all(|p| p.starts_with("release-v1.16.1-x86_64/"))
+        );
+        let (mode, script) = &seen["release-v1.16.1-x86_64/firecracker-v1.16.1-x86_64"];
+        assert_eq!(*mode, 0o755);
+        assert!(script.contains("Firecracker v1.16.1"));
+        let (mode, script) = &seen["release-v1.16.1-x86_64/jailer-v1.16.1-x86_64"];
+        assert_eq!(*mode, 0o755);
+        assert!(script.contains("Jailer v1.16.1"));
+        for name in [
+            "SHA256SUMS",
+            "LICENSE",
+            "seccomp-filter-v1.16.1-x86_64.json",
+        ] {
+            assert!(
+                seen.contains_key(&format!("release-v1.16.1-x86_64/{name}")),
+                "{name}"
+            );
+        }
+        let without = ReleaseFixture::new(
+            "v1.16.1",
+            "x86_64",
+            &ReleaseOptions {
+                omit_jailer: true,
+                ..ReleaseOptions::default()
+            },
+        );
+        assert_ne!(without.tarball, rel.tarball);
+    }
+
+    #[test]
+    fn ci_objects_hold_the_tricky_keys() {
+        let keys: Vec<String> = ci_bucket_objects("v1.16", "x86_64", 16)
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        for want in [
+            "firecracker-ci/v1.16/x86_64/vmlinux-6.1.9",
+            "firecracker-ci/v1.16/x86_64/vmlinux-6.1.10",
+            "firecracker-ci/v1.16/x86_64/ubuntu-24.04.squashfs",
+            "firecracker-ci/v1.16/x86_64/ubuntu-24.04.ext4",
+            "firecracker-ci/v1.16/aarch64/vmlinux-6.1.99",
+        ] {
+            assert!(keys.iter().any(|k| k == want), "{want}");
+        }
+    }
 }

@@ -242,6 +242,35 @@ async fn ignored_range_restarts_from_zero() {
 }
 
 #[tokio::test]
+async fn partial_content_for_another_range_is_not_spliced_in() {
+    let env = Env::new();
+    let cache = env.cache(2);
+    let kernel = env.ci_path("vmlinux-6.1.10");
+    env.server.fault_once(&kernel, Fault::DropAfter(20_000));
+    env.server.fault_once(&kernel, Fault::RangeFromZero);
+    let got = cache
+        .ensure(
+            &BaseImagePreset::Latest,
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .expect("recovered download");
+    let seen: Vec<_> = env
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == kernel)
+        .map(|r| r.range)
+        .collect();
+    assert_eq!(seen, vec![None, Some("bytes=20000-".to_owned()), None]);
+    assert_eq!(
+        std::fs::read(got.bundle.kernel_path()).unwrap(),
+        env.ci_bytes(LATEST_TRAIN, "vmlinux-6.1.10")
+    );
+}
+
+#[tokio::test]
 async fn dropped_connection_on_every_attempt_fails_and_leaves_cache_as_it_was() {
     let env = Env::new();
     let (cache, before) = populated(&env).await;
@@ -661,4 +690,39 @@ async fn disk_full_fails_and_leaves_cache_as_it_was() {
     assert_eq!(err.details().unwrap()["os_error"], libc::ENOSPC, "{err:?}");
     assert!(err.chain().contains("No space left"), "{}", err.chain());
     assert_eq!(tree(&mount.0), before);
+}
+
+#[tokio::test]
+async fn failures_on_a_fresh_data_dir_create_nothing() {
+    let env = Env::new();
+    let before = tree(env.data.path());
+    assert!(before.is_empty(), "the data dir starts empty");
+    // A bundle download that fails after the plan was made.
+    let mut m = env.hosted_manifest("fresh");
+    m["kernel"]["sha256"] = sha256_hex(b"nope").into();
+    let err = ensure_hosted(&env, &env.cache(2), "fresh", &m).await;
+    assert_eq!(err.code(), ErrorCode::DownloadFailed);
+    assert_eq!(tree(env.data.path()), before, "no empty base-images/ left");
+    // A release download that fails.
+    let arch = host_arch();
+    let rel = ReleaseFixture::new(
+        "v1.8.0",
+        arch.as_str(),
+        &ReleaseOptions {
+            omit_jailer: true,
+            ..ReleaseOptions::default()
+        },
+    );
+    env.server.serve_release(&rel, false);
+    let err = BinaryManager::new(env.dirs(), env.endpoints(), downloader())
+        .ensure(
+            &VersionSpec::Pinned("v1.8.0".into()),
+            None,
+            false,
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BinaryNotFound);
+    assert_eq!(tree(env.data.path()), before, "no empty bin/ left");
 }

@@ -281,3 +281,108 @@ fn custom_binary_paths_are_checked() {
         err.message()
     );
 }
+
+#[tokio::test]
+async fn unreachable_api_falls_back_to_the_newest_cached_release() {
+    let env = Env::new();
+    let arch = host_arch();
+    let older = ReleaseFixture::new("v1.9.0", arch.as_str(), &ReleaseOptions::default());
+    env.server.serve_release(&older, false);
+    let online = manager(&env);
+    online
+        .ensure(
+            &VersionSpec::Pinned("v1.9.0".into()),
+            None,
+            false,
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    online
+        .ensure(&VersionSpec::Latest, None, false, &NoProgress)
+        .await
+        .unwrap();
+    let offline = BinaryManager::new(env.dirs(), unreachable_endpoints(), downloader());
+    let got = offline
+        .ensure(&VersionSpec::Latest, None, false, &NoProgress)
+        .await
+        .expect("cached release used offline");
+    assert_eq!(
+        got.version.as_deref(),
+        Some(LATEST),
+        "v1.16.1 is newer than v1.9.0"
+    );
+    assert!(!got.downloaded);
+    // Without a usable cache the error is the version lookup's.
+    let empty = tempfile::tempdir().unwrap();
+    let err = BinaryManager::new(
+        flick::image::DataDirs::new(empty.path()),
+        unreachable_endpoints(),
+        downloader(),
+    )
+    .ensure(&VersionSpec::Latest, None, false, &NoProgress)
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::VersionFetchFailed);
+    assert!(flick::image::download::is_transport_error(&err));
+}
+
+#[tokio::test]
+async fn two_handles_fetch_a_release_once() {
+    let env = Env::new();
+    let arch = host_arch();
+    env.server.fault(
+        &tarball_path(LATEST, arch),
+        flick_testkit::fixture_server::Fault::Slow {
+            chunk: 1024,
+            delay: std::time::Duration::from_millis(5),
+        },
+    );
+    let (a, b) = (manager(&env), manager(&env));
+    let spec = VersionSpec::Pinned(LATEST.into());
+    let (ra, rb) = tokio::join!(
+        a.ensure(&spec, None, false, &NoProgress),
+        b.ensure(&spec, None, false, &NoProgress),
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(u8::from(ra.downloaded) + u8::from(rb.downloaded), 1);
+    assert_eq!(env.server.request_count(&tarball_path(LATEST, arch)), 1);
+    assert_eq!(ra.firecracker, rb.firecracker);
+}
+
+#[tokio::test]
+async fn github_token_goes_to_the_api_only() {
+    let env = Env::new();
+    let mgr = BinaryManager::new(
+        env.dirs(),
+        env.endpoints(),
+        downloader().with_github_token(Some("t0ken".into())),
+    );
+    mgr.ensure(&VersionSpec::Latest, None, false, &NoProgress)
+        .await
+        .unwrap();
+    let requests = env.server.requests();
+    let api = requests.iter().find(|r| r.path == LATEST_JSON).unwrap();
+    assert_eq!(api.authorization.as_deref(), Some("Bearer t0ken"));
+    assert_eq!(api.accept.as_deref(), Some("application/vnd.github+json"));
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.path != LATEST_JSON)
+            .all(|r| r.authorization.is_none()),
+        "the token leaked to a download"
+    );
+    assert!(
+        !format!("{mgr:?}").contains("t0ken"),
+        "the token shows in Debug output"
+    );
+    // A rate-limited API answer says so.
+    env.server.fault(
+        LATEST_JSON,
+        flick_testkit::fixture_server::Fault::Status(403),
+    );
+    let err = mgr.latest_version().await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::VersionFetchFailed);
+    assert_eq!(err.status(), Some(403));
+    assert!(err.message().contains("rate limit"), "{}", err.message());
+}

@@ -186,6 +186,12 @@ fn main() {
         ("two_tasks_download_once", two_tasks_download_once),
         ("two_processes_download_once", two_processes_download_once),
     ];
+    if std::env::args().any(|a| a == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return;
+    }
     let mut ran = 0;
     for (name, test) in tests {
         if filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())) {

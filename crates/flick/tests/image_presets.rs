@@ -509,3 +509,234 @@ async fn remove_deletes_one_bundle_and_unknown_ids_are_not_found() {
         ErrorCode::NotFound
     );
 }
+
+#[tokio::test]
+async fn unreachable_source_falls_back_to_a_verified_cached_bundle() {
+    let env = Env::new();
+    let first = env
+        .cache(2)
+        .ensure(
+            &BaseImagePreset::Latest,
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    let mut opts = env.cache_opts(2);
+    opts.endpoints = unreachable_endpoints();
+    let offline = BaseImageCache::new(opts, downloader()).unwrap();
+    let got = offline
+        .ensure(
+            &BaseImagePreset::Latest,
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .expect("cached bundle used offline");
+    assert!(got.offline);
+    assert!(!got.downloaded);
+    assert_eq!(got.bundle.id(), first.bundle.id());
+    // No lts bundle is cached: the transport error comes through.
+    let err = offline
+        .ensure(&BaseImagePreset::Lts, EnsureOptions::default(), &NoProgress)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BaseImageResolveFailed);
+    assert!(flick::image::download::is_transport_error(&err));
+    // force_download never settles for the cache.
+    let err = offline
+        .ensure(
+            &BaseImagePreset::Latest,
+            EnsureOptions {
+                force_download: true,
+                ..EnsureOptions::default()
+            },
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::VersionFetchFailed);
+    // A cached bundle that no longer verifies is not used either.
+    std::fs::write(got.bundle.rootfs_path(), b"corrupt").unwrap();
+    let err = offline
+        .ensure(
+            &BaseImagePreset::Latest,
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::VersionFetchFailed);
+    // A server that answers with an error is not "offline": no fallback.
+    env.server.fault(
+        "/repos/firecracker-microvm/firecracker/releases/latest",
+        flick_testkit::fixture_server::Fault::Status(503),
+    );
+    let err = env
+        .cache(2)
+        .ensure(&BaseImagePreset::Lts, EnsureOptions::default(), &NoProgress)
+        .await;
+    assert!(err.is_ok(), "lts does not need the API");
+    let err = env
+        .cache(2)
+        .ensure(
+            &BaseImagePreset::Latest,
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(503));
+}
+
+#[tokio::test]
+async fn hosted_manifest_arch_mismatch_is_refused() {
+    let env = Env::new();
+    let mut m = env.hosted_manifest("other-arch");
+    let other = match host_arch() {
+        flick::image::Arch::X86_64 => "aarch64",
+        flick::image::Arch::Aarch64 => "x86_64",
+    };
+    m["arch"] = other.into();
+    let url = env.publish_hosted("other-arch", &m);
+    let before = tree(env.data.path());
+    let err = env
+        .cache(2)
+        .ensure(
+            &BaseImagePreset::Hosted(ManifestSource::Url(url)),
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BaseImagePrepareFailed);
+    assert_eq!(err.details().unwrap()["field"], "arch");
+    assert_eq!(tree(env.data.path()), before);
+}
+
+#[tokio::test]
+async fn eviction_skips_a_bundle_another_process_is_using() {
+    let env = Env::new();
+    let cache = env.cache(1);
+    let first = env.publish_hosted("in-use", &env.hosted_manifest("in-use"));
+    cache
+        .ensure(
+            &BaseImagePreset::Hosted(ManifestSource::Url(first)),
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    // Another process holds the bundle's lock (same flock protocol).
+    let lock_path = env.cache_dir().join("in-use+lock");
+    let holder = std::fs::File::create(&lock_path).unwrap();
+    holder.lock().unwrap();
+    let second = env.publish_hosted("newer", &env.hosted_manifest("newer"));
+    let got = cache
+        .ensure(
+            &BaseImagePreset::Hosted(ManifestSource::Url(second)),
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert!(
+        got.evicted.is_empty(),
+        "a locked bundle must not be evicted"
+    );
+    assert!(env.cache_dir().join("in-use/manifest.json").exists());
+    holder.unlock().unwrap();
+    drop(holder);
+    std::fs::remove_file(&lock_path).unwrap();
+    assert_eq!(
+        cache.prune(Some("newer")).await.unwrap(),
+        vec!["in-use".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn stray_directory_with_the_bundle_name_is_replaced() {
+    let env = Env::new();
+    let m = env.hosted_manifest("stray");
+    let url = env.publish_hosted("stray", &m);
+    let dir = env.cache_dir().join("stray");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("leftover"), b"?").unwrap();
+    let got = env
+        .cache(2)
+        .ensure(
+            &BaseImagePreset::Hosted(ManifestSource::Url(url)),
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert!(got.downloaded);
+    assert!(!dir.join("leftover").exists());
+    assert_eq!(got.bundle.record.kernel.sha256, m["kernel"]["sha256"]);
+    let names: Vec<_> = std::fs::read_dir(env.cache_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["stray".to_owned()]);
+}
+
+#[tokio::test]
+async fn complete_partial_file_needs_no_request() {
+    let env = Env::new();
+    let m = env.hosted_manifest("complete-part");
+    let staging = env.cache_dir().join("complete-part+staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let body = flick_testkit::fixture_server::pseudo_random_bytes(40_000, 77);
+    assert_eq!(sha256_hex(&body), m["kernel"]["sha256"]);
+    std::fs::write(staging.join("vmlinux.part"), &body).unwrap();
+    let url = env.publish_hosted("complete-part", &m);
+    let got = env
+        .cache(2)
+        .ensure(
+            &BaseImagePreset::Hosted(ManifestSource::Url(url)),
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        env.server.request_count("/artifacts/complete-part/vmlinux"),
+        0
+    );
+    assert_eq!(
+        env.server
+            .request_count("/artifacts/complete-part/rootfs.ext4"),
+        1
+    );
+    assert_eq!(std::fs::read(got.bundle.kernel_path()).unwrap(), body);
+}
+
+#[tokio::test]
+async fn testkit_hosted_bundle_helper_round_trips() {
+    let env = Env::new();
+    let kernel = flick_testkit::fixture_server::pseudo_random_bytes(12_345, 1);
+    let rootfs = flick_testkit::fixture_server::pseudo_random_bytes(23_456, 2);
+    let (url, manifest) = env.server.serve_hosted_bundle(
+        "kit-bundle",
+        host_arch().as_str(),
+        "squashfs",
+        &kernel,
+        &rootfs,
+    );
+    let got = env
+        .cache(2)
+        .ensure(
+            &BaseImagePreset::Hosted(ManifestSource::Url(url)),
+            EnsureOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got.bundle.record.rootfs.sha256,
+        manifest["rootfs"]["sha256"]
+    );
+    assert_eq!(std::fs::read(got.bundle.rootfs_path()).unwrap(), rootfs);
+    assert!(got.bundle.record.rootfs_is_read_only);
+}

@@ -38,14 +38,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::ci::{self, CiSelection};
-use super::download::{Downloaded, Downloader, Expected, copy_verified, hash_file};
+use super::download::{
+    Downloaded, Downloader, Expected, copy_verified, hash_file, is_transport_error,
+};
 use super::lock::PathLock;
 use super::manifest::{
     ArtifactLocation, HostedManifest, ManifestSource, is_valid_bundle_id, load_manifest,
 };
 use super::progress::{Progress, ProgressEvent, ProgressUpdate};
 use super::version::{ci_train, normalize_fc_version};
-use super::{Arch, DataDirs, Endpoints, RootfsType, now_unix_ms, sync_dir, write_atomic};
+use super::{
+    Arch, DataDirs, Endpoints, RootfsType, create_dirs_tracked, now_unix_ms, remove_created_dirs,
+    sync_dir, write_atomic,
+};
 use crate::error::{Error, ErrorCode, Result};
 
 /// The Firecracker version whose CI train the `lts` preset uses by default.
@@ -227,6 +232,9 @@ pub struct Ensured {
     pub bundle: Bundle,
     /// Whether this call downloaded it (false when a verified copy was reused).
     pub downloaded: bool,
+    /// Whether the source could not be reached and a verified cached bundle of the same preset
+    /// was used without checking for a newer one.
+    pub offline: bool,
     /// Bundles evicted to stay within the limit.
     pub evicted: Vec<String>,
 }
@@ -360,9 +368,47 @@ impl BaseImageCache {
             Some(a) => a,
             None => Arch::host()?,
         };
-        let plan = self.plan(preset, arch).await?;
-        std::fs::create_dir_all(&self.opts.dir)
+        let plan = match self.plan(preset, arch).await {
+            Ok(plan) => plan,
+            Err(err) if !options.force_download && is_transport_error(&err) => {
+                // Offline: fall back to the most recently used verified bundle of this preset.
+                let this = self.clone();
+                let (p, a) = (preset.clone(), arch);
+                let cached = tokio::task::spawn_blocking(move || this.offline_fallback(&p, a))
+                    .await
+                    .map_err(|e| Error::new(ErrorCode::Internal, "verify task").with_source(e))?;
+                let Some(bundle) = cached else {
+                    return Err(err);
+                };
+                tracing::warn!(
+                    bundle = %bundle.id(),
+                    error = %err.chain(),
+                    "cannot reach the artifact source; using the cached bundle"
+                );
+                return Ok(Ensured {
+                    bundle,
+                    downloaded: false,
+                    offline: true,
+                    evicted: Vec::new(),
+                });
+            }
+            Err(err) => return Err(err),
+        };
+        let created = create_dirs_tracked(&self.opts.dir)
             .map_err(|e| io_err("creating", &self.opts.dir, e))?;
+        let result = self.ensure_planned(&plan, options, progress).await;
+        if result.is_err() {
+            remove_created_dirs(&created);
+        }
+        result
+    }
+
+    async fn ensure_planned(
+        &self,
+        plan: &Plan,
+        options: EnsureOptions,
+        progress: &dyn Progress,
+    ) -> Result<Ensured> {
         let lock_path = self.internal(&plan.bundle_id, "lock");
         let lock = PathLock::acquire(&lock_path)
             .await
@@ -387,7 +433,7 @@ impl BaseImageCache {
             (bundle, false)
         } else {
             let staging = self.internal(&plan.bundle_id, "staging");
-            let result = self.build(&plan, &staging, &dir, progress).await;
+            let result = self.build(plan, &staging, &dir, progress).await;
             if result.is_err() {
                 let _ = std::fs::remove_dir_all(&staging);
                 let _ = std::fs::remove_dir_all(self.internal(&plan.bundle_id, "old"));
@@ -395,10 +441,18 @@ impl BaseImageCache {
             (result?, true)
         };
         drop(lock);
-        let evicted = self.prune(Some(&plan.bundle_id)).await?;
+        // The bundle is ready; a failed eviction must not turn that into an error.
+        let evicted = match self.prune(Some(&plan.bundle_id)).await {
+            Ok(evicted) => evicted,
+            Err(err) => {
+                tracing::warn!(error = %err.chain(), "evicting old base images failed");
+                Vec::new()
+            }
+        };
         Ok(Ensured {
             bundle,
             downloaded,
+            offline: false,
             evicted,
         })
     }
@@ -513,6 +567,48 @@ impl BaseImageCache {
             dir: dir.to_owned(),
             record,
         })
+    }
+
+    /// The most recently used cached bundle made from `preset` for `arch` that still verifies.
+    fn offline_fallback(&self, preset: &BaseImagePreset, arch: Arch) -> Option<Bundle> {
+        let lts = normalize_fc_version(&self.opts.lts_version).ok();
+        let candidates = self.list().ok()?.into_iter().filter(|b| {
+            let r = &b.record;
+            r.arch == arch
+                && r.preset == preset.kind()
+                && match preset {
+                    BaseImagePreset::Latest => true,
+                    BaseImagePreset::Lts => r.firecracker_version == lts,
+                    BaseImagePreset::Hosted(ManifestSource::Url(u)) => matches!(
+                        &r.source,
+                        BundleSource::Hosted { manifest_url: Some(m), .. } if m == u
+                    ),
+                    BaseImagePreset::Hosted(ManifestSource::Path(p)) => {
+                        let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+                        matches!(
+                            &r.source,
+                            BundleSource::Hosted { manifest_path: Some(m), .. } if *m == abs
+                        )
+                    }
+                }
+        });
+        for bundle in candidates {
+            let lock_path = self.internal(bundle.id(), "lock");
+            let Ok(_lock) = PathLock::acquire_blocking(&lock_path) else {
+                continue;
+            };
+            if let Err(why) = verify_files(&bundle.dir, &bundle.record) {
+                tracing::warn!(bundle = %bundle.id(), reason = %why, "cached bundle does not verify");
+                continue;
+            }
+            if let Ok(record) = touch(&bundle.dir, bundle.record.clone()) {
+                return Some(Bundle {
+                    dir: bundle.dir,
+                    record,
+                });
+            }
+        }
+        None
     }
 
     /// Every cached bundle with a readable record, most recently used first.
@@ -636,10 +732,47 @@ fn read_record(dir: &Path) -> Option<BundleRecord> {
     serde_json::from_str(&text).ok()
 }
 
+/// Checks every artifact of `record` in `dir`: present, recorded size, recorded SHA-256.
+fn verify_files(dir: &Path, record: &BundleRecord) -> std::result::Result<(), String> {
+    for rec in [&record.kernel, &record.rootfs] {
+        let path = dir.join(&rec.file_name);
+        let meta =
+            std::fs::metadata(&path).map_err(|e| format!("{} is missing: {e}", rec.file_name))?;
+        if meta.len() != rec.size_bytes {
+            return Err(format!(
+                "{} is {} bytes, recorded {}",
+                rec.file_name,
+                meta.len(),
+                rec.size_bytes
+            ));
+        }
+        let (sha, _) =
+            hash_file(&path).map_err(|e| format!("{} cannot be read: {e}", rec.file_name))?;
+        if sha != rec.sha256 {
+            return Err(format!(
+                "{} hashes to {sha}, recorded {}",
+                rec.file_name, rec.sha256
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Bumps the last-accessed time of a bundle record and writes it back.
+fn touch(dir: &Path, mut record: BundleRecord) -> Result<BundleRecord> {
+    record.last_accessed_unix_ms = now_unix_ms().max(record.last_accessed_unix_ms + 1);
+    let json = serde_json::to_vec_pretty(&record).map_err(|e| {
+        Error::new(ErrorCode::Internal, "serializing the bundle record").with_source(e)
+    })?;
+    let manifest = dir.join(MANIFEST_FILE);
+    write_atomic(&manifest, &json).map_err(|e| io_err("writing", &manifest, e))?;
+    Ok(record)
+}
+
 /// Returns the cached bundle when it verifies against its record and the plan; bumps its
 /// last-accessed time.
 fn reuse(dir: &Path, plan: &Plan) -> Result<Option<Bundle>> {
-    let Some(mut record) = read_record(dir) else {
+    let Some(record) = read_record(dir) else {
         if dir.exists() {
             tracing::warn!(dir = %dir.display(), "cached bundle has no readable record; downloading again");
         }
@@ -672,35 +805,11 @@ fn reuse(dir: &Path, plan: &Plan) -> Result<Option<Bundle>> {
         {
             return mismatch(format!("{} changed upstream", rec.file_name));
         }
-        let path = dir.join(&rec.file_name);
-        let Ok(meta) = std::fs::metadata(&path) else {
-            return mismatch(format!("{} is missing", rec.file_name));
-        };
-        if meta.len() != rec.size_bytes {
-            return mismatch(format!(
-                "{} is {} bytes, recorded {}",
-                rec.file_name,
-                meta.len(),
-                rec.size_bytes
-            ));
-        }
-        match hash_file(&path) {
-            Ok((sha, _)) if sha == rec.sha256 => {}
-            Ok((sha, _)) => {
-                return mismatch(format!(
-                    "{} hashes to {sha}, recorded {}",
-                    rec.file_name, rec.sha256
-                ));
-            }
-            Err(e) => return mismatch(format!("{} cannot be read: {e}", rec.file_name)),
-        }
     }
-    record.last_accessed_unix_ms = now_unix_ms().max(record.last_accessed_unix_ms + 1);
-    let json = serde_json::to_vec_pretty(&record).map_err(|e| {
-        Error::new(ErrorCode::Internal, "serializing the bundle record").with_source(e)
-    })?;
-    let manifest = dir.join(MANIFEST_FILE);
-    write_atomic(&manifest, &json).map_err(|e| io_err("writing", &manifest, e))?;
+    if let Err(why) = verify_files(dir, &record) {
+        return mismatch(why);
+    }
+    let record = touch(dir, record)?;
     Ok(Some(Bundle {
         dir: dir.to_owned(),
         record,

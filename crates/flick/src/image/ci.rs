@@ -378,4 +378,59 @@ mod tests {
         );
         assert_eq!(encode_query("a b&c=d+"), "a%20b%26c%3Dd%2B");
     }
+
+    fn escape(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&apos;")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(text in ".{0,400}") {
+            let _ = parse_list_objects_v2(&text);
+        }
+
+        #[test]
+        fn listings_round_trip(
+            keys in proptest::collection::vec("[a-zA-Z0-9/&<>\"'. _-]{1,40}", 0..20),
+            sizes in proptest::collection::vec(0u64..u64::MAX, 20),
+            truncated in proptest::bool::ANY,
+        ) {
+            let mut xml = String::from(r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name>"#);
+            xml.push_str(&format!("<IsTruncated>{truncated}</IsTruncated>"));
+            if truncated {
+                xml.push_str("<NextContinuationToken>t&amp;1</NextContinuationToken>");
+            }
+            for (key, size) in keys.iter().zip(&sizes) {
+                xml.push_str(&format!(
+                    "<Contents><Key>{}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified><ETag>&quot;x&quot;</ETag><Size>{size}</Size></Contents>",
+                    escape(key)
+                ));
+            }
+            xml.push_str("</ListBucketResult>");
+            let page = parse_list_objects_v2(&xml).unwrap();
+            proptest::prop_assert_eq!(page.is_truncated, truncated);
+            proptest::prop_assert_eq!(page.next_continuation_token.is_some(), truncated);
+            let got: Vec<(String, u64)> = page.objects.into_iter().map(|o| (o.key, o.size)).collect();
+            let want: Vec<(String, u64)> = keys.iter().cloned().zip(sizes.iter().copied()).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn newest_kernel_wins_by_number(versions in proptest::collection::btree_set((0u64..30, 0u64..30, 0u64..300), 1..12)) {
+            let p = "firecracker-ci/v1.16/x86_64/";
+            let mut objects: Vec<ListedObject> = versions
+                .iter()
+                .map(|(a, b, c)| obj(&format!("{p}vmlinux-{a}.{b}.{c}")))
+                .collect();
+            objects.push(obj(&format!("{p}ubuntu-24.04.ext4")));
+            objects.reverse();
+            let sel = select("v1.16", p, &objects).unwrap();
+            let (a, b, c) = versions.iter().max().unwrap();
+            proptest::prop_assert_eq!(sel.kernel_version, format!("{a}.{b}.{c}"));
+        }
+    }
 }

@@ -5,7 +5,8 @@
 //! 1. Bytes go to `<dest>.part`. If that file exists (an earlier run was interrupted), its bytes
 //!    are hashed first and the request asks for the rest with `Range: bytes=<len>-`.
 //! 2. A `206` whose `Content-Range` starts at that offset continues the file; a `200` (the server
-//!    ignored `Range`), a `416` or a `206` at another offset restarts from zero.
+//!    ignored `Range`) restarts the file with the full body it carries; a `416` or a `206` at
+//!    another offset restarts from zero with a new request.
 //! 3. The body streams through a bounded channel to a blocking writer thread that feeds the
 //!    SHA-256 hasher and the file in the same pass, so hashing overlaps with receiving.
 //! 4. A connection that breaks mid-body is retried with `Range` from the bytes already written;
@@ -62,12 +63,29 @@ pub struct Downloaded {
 }
 
 /// An HTTP client for artifacts, with retry and resume.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Downloader {
     client: reqwest::Client,
     max_attempts: u32,
     retry_delay: Duration,
+    github_token: Option<String>,
 }
+
+impl std::fmt::Debug for Downloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloader")
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_delay", &self.retry_delay)
+            .field(
+                "github_token",
+                &self.github_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Extra headers of one text request.
+pub(crate) type Headers<'a> = &'a [(&'static str, String)];
 
 enum Step {
     /// The body was received completely.
@@ -94,6 +112,21 @@ fn io_failed(url: &str, what: &str, path: &Path, err: std::io::Error) -> Error {
     )
     .with_details(json!({ "url": url, "path": path, "os_error": err.raw_os_error() }))
     .with_source(err)
+}
+
+/// An error for a request that never got an HTTP answer (or lost its connection), marked with
+/// `details.transport = true` so callers can tell "offline" from "the server said no".
+fn transport_failed(code: ErrorCode, url: &str, msg: String) -> Error {
+    Error::new(code, msg).with_details(json!({ "url": url, "transport": true }))
+}
+
+/// Whether `err` is a connection-level failure (no HTTP answer) from [`Downloader`].
+#[must_use]
+pub fn is_transport_error(err: &Error) -> bool {
+    err.details()
+        .and_then(|d| d.get("transport"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false)
 }
 
 /// `<dest>.part`.
@@ -184,6 +217,7 @@ impl Downloader {
             client,
             max_attempts: 3,
             retry_delay: Duration::from_millis(200),
+            github_token: None,
         })
     }
 
@@ -192,6 +226,27 @@ impl Downloader {
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
         self
+    }
+
+    /// Sends `token` as a bearer token to the GitHub releases API (raises its rate limit for
+    /// unauthenticated clients, 60 requests an hour). It is only sent on the release lookup, never
+    /// to download hosts.
+    #[must_use]
+    pub fn with_github_token(mut self, token: Option<String>) -> Self {
+        self.github_token = token.filter(|t| !t.trim().is_empty());
+        self
+    }
+
+    /// The headers for a GitHub API request: the JSON media type, the API version and the token.
+    pub(crate) fn github_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            ("accept", "application/vnd.github+json".to_owned()),
+            ("x-github-api-version", "2022-11-28".to_owned()),
+        ];
+        if let Some(token) = &self.github_token {
+            headers.push(("authorization", format!("Bearer {}", token.trim())));
+        }
+        headers
     }
 
     /// Sets the pause between attempts.
@@ -211,18 +266,38 @@ impl Downloader {
     /// # Errors
     /// `code` for connection failures, non-2xx answers, bodies over 32 MiB or non-UTF-8 bodies.
     pub async fn fetch_text(&self, url: &str, code: ErrorCode, what: &str) -> Result<String> {
+        self.fetch_text_with(url, code, what, &[]).await
+    }
+
+    /// [`fetch_text`](Self::fetch_text) with extra request headers.
+    pub(crate) async fn fetch_text_with(
+        &self,
+        url: &str,
+        code: ErrorCode,
+        what: &str,
+        headers: Headers<'_>,
+    ) -> Result<String> {
         let fail = |msg: String| Error::new(code, msg).with_details(json!({ "url": url }));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let resp = match self.client.get(url).send().await {
+            let mut req = self.client.get(url);
+            for (name, value) in headers {
+                req = req.header(*name, value);
+            }
+            let resp = match req.send().await {
                 Ok(resp) => resp,
                 Err(e) if attempt < self.max_attempts => {
                     tracing::debug!(url, error = %e, "retrying request");
                     self.pause(attempt).await;
                     continue;
                 }
-                Err(e) => return Err(fail(format!("fetching {what} from {url}")).with_source(e)),
+                Err(e) => {
+                    return Err(
+                        transport_failed(code, url, format!("fetching {what} from {url}"))
+                            .with_source(e),
+                    );
+                }
             };
             let status = resp.status();
             if status.is_server_error() && attempt < self.max_attempts {
@@ -261,7 +336,10 @@ impl Downloader {
                     self.pause(attempt).await;
                     continue;
                 }
-                return Err(fail(format!("reading {what} from {url}")).with_source(e));
+                return Err(
+                    transport_failed(code, url, format!("reading {what} from {url}"))
+                        .with_source(e),
+                );
             }
             return String::from_utf8(body)
                 .map_err(|e| fail(format!("{what} at {url} is not UTF-8")).with_source(e));
@@ -369,7 +447,9 @@ impl Downloader {
                     offset = 0;
                     resumed_from = 0;
                     report(0, expected.size, ProgressEvent::Restarted);
-                    if status.as_u16() == 416 {
+                    // A 200 carries the whole body from byte 0: keep it. A 416 or a 206 for
+                    // another range is useless: ask again without a range.
+                    if status.as_u16() != 200 {
                         continue;
                     }
                 }

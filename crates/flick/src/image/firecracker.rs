@@ -24,11 +24,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::download::{Downloader, Expected, hash_file, normalize_sha256};
+use super::download::{Downloader, Expected, hash_file, is_transport_error, normalize_sha256};
 use super::lock::PathLock;
 use super::progress::{Progress, ProgressEvent, ProgressUpdate};
-use super::version::normalize_fc_version;
-use super::{Arch, DataDirs, Endpoints, now_unix_ms, sync_dir, write_atomic};
+use super::version::{normalize_fc_version, numeric_parts};
+use super::{
+    Arch, DataDirs, Endpoints, create_dirs_tracked, now_unix_ms, remove_created_dirs, sync_dir,
+    write_atomic,
+};
 use crate::error::{Error, ErrorCode, Result};
 
 /// Which Firecracker version to use.
@@ -250,14 +253,47 @@ impl BinaryManager {
         force_download: bool,
         progress: &dyn Progress,
     ) -> Result<FirecrackerBinaries> {
-        let version = self.resolve(spec).await?;
         let arch = match arch {
             Some(a) => a,
             None => Arch::host()?,
         };
+        let version = match self.resolve(spec).await {
+            Ok(v) => v,
+            Err(err) if !force_download && is_transport_error(&err) => {
+                // Offline: the newest cached release that still verifies will do.
+                if let Some(found) = self.newest_cached(arch).await {
+                    tracing::warn!(
+                        version = found.version.as_deref().unwrap_or_default(),
+                        error = %err.chain(),
+                        "cannot reach the release API; using the newest cached Firecracker"
+                    );
+                    return Ok(found);
+                }
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        };
         let bin_dir = self.dirs.bin_dir();
-        std::fs::create_dir_all(&bin_dir)
+        let created = create_dirs_tracked(&bin_dir)
             .map_err(|e| Error::io(ErrorCode::IoError, "creating", &bin_dir, e))?;
+        let result = self
+            .ensure_version(&version, arch, force_download, progress)
+            .await;
+        if result.is_err() {
+            remove_created_dirs(&created);
+        }
+        result
+    }
+
+    async fn ensure_version(
+        &self,
+        version: &str,
+        arch: Arch,
+        force_download: bool,
+        progress: &dyn Progress,
+    ) -> Result<FirecrackerBinaries> {
+        let version = version.to_owned();
+        let bin_dir = self.dirs.bin_dir();
         let lock_path = bin_dir.join(format!(".{version}-{arch}.lock"));
         let _lock = PathLock::acquire(&lock_path)
             .await
@@ -280,6 +316,31 @@ impl BinaryManager {
             let _ = std::fs::remove_dir_all(&staging);
         }
         result
+    }
+
+    /// The newest cached release for `arch` whose binaries still verify.
+    async fn newest_cached(&self, arch: Arch) -> Option<FirecrackerBinaries> {
+        let mut versions: Vec<(Vec<u64>, String)> = std::fs::read_dir(self.dirs.bin_dir())
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let tag = normalize_fc_version(&name).ok().filter(|t| *t == name)?;
+                Some((numeric_parts(&tag[1..])?, tag))
+            })
+            .collect();
+        versions.sort();
+        for (_, version) in versions.into_iter().rev() {
+            let lock_path = self.dirs.bin_dir().join(format!(".{version}-{arch}.lock"));
+            let Ok(_lock) = PathLock::acquire(&lock_path).await else {
+                continue;
+            };
+            let dir = self.dirs.bin_version_dir(&version, arch);
+            if let Some(found) = self.reuse(&dir, &version, arch).await {
+                return Some(found);
+            }
+        }
+        None
     }
 
     async fn reuse(&self, dir: &Path, version: &str, arch: Arch) -> Option<FirecrackerBinaries> {
@@ -417,12 +478,23 @@ impl BinaryManager {
         let parent = final_dir.parent().unwrap_or(final_dir);
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::io(ErrorCode::IoError, "creating", parent, e))?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(final_dir)
-                .map_err(|e| Error::io(ErrorCode::IoError, "replacing", final_dir, e))?;
+        // Swap with renames so the old binaries stay in place until the new ones are complete.
+        let old = staging.with_extension("old");
+        let _ = std::fs::remove_dir_all(&old);
+        let replaced = final_dir.exists();
+        if replaced {
+            std::fs::rename(final_dir, &old)
+                .map_err(|e| Error::io(ErrorCode::IoError, "moving aside", final_dir, e))?;
         }
-        std::fs::rename(staging, final_dir)
-            .map_err(|e| Error::io(ErrorCode::IoError, "renaming", staging, e))?;
+        if let Err(e) = std::fs::rename(staging, final_dir) {
+            if replaced {
+                let _ = std::fs::rename(&old, final_dir);
+            }
+            return Err(Error::io(ErrorCode::IoError, "renaming", staging, e));
+        }
+        if replaced {
+            let _ = std::fs::remove_dir_all(&old);
+        }
         sync_dir(parent).map_err(|e| Error::io(ErrorCode::IoError, "syncing", parent, e))?;
         Ok(FirecrackerBinaries {
             version: Some(version.to_owned()),
@@ -444,9 +516,28 @@ pub(crate) async fn latest_version(
     endpoints: &Endpoints,
 ) -> Result<String> {
     let url = format!("{}/releases/latest", Endpoints::base(&endpoints.github_api));
+    let headers = downloader.github_headers();
     let text = downloader
-        .fetch_text(&url, ErrorCode::VersionFetchFailed, "the latest release")
-        .await?;
+        .fetch_text_with(
+            &url,
+            ErrorCode::VersionFetchFailed,
+            "the latest release",
+            &headers,
+        )
+        .await
+        .map_err(|err| match err.status() {
+            Some(403 | 429) => {
+                let msg = format!(
+                    "{} (the GitHub API may be rate limiting this address; pin a version or \
+                     configure a GitHub token)",
+                    err.message()
+                );
+                Error::new(ErrorCode::VersionFetchFailed, msg)
+                    .with_status(err.status().unwrap_or_default())
+                    .with_details(json!({ "url": url }))
+            }
+            _ => err,
+        })?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         Error::new(
             ErrorCode::VersionFetchFailed,

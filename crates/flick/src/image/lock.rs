@@ -27,12 +27,24 @@ fn same_inode(file: &File, path: &Path) -> io::Result<bool> {
 }
 
 fn open(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
+    let opts = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+    };
+    match opts() {
+        // The directory may have just been removed by a failing caller that had created it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            opts()
+        }
+        other => other,
+    }
 }
 
 impl PathLock {

@@ -528,6 +528,80 @@ mod tests {
         );
     }
 
+    type Edit = Box<dyn Fn(&mut Value)>;
+
+    #[test]
+    fn conflicting_fields_are_named() {
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|v| v["kernel"]["path"] = json!("/k")),
+                "kernel.url",
+            ),
+            (Box::new(|v| v["rootfs"] = json!({})), "rootfs.url"),
+            (
+                Box::new(|v| v["rootfsIsReadOnly"] = json!(false)),
+                "rootfsIsReadOnly",
+            ),
+            (
+                Box::new(|v| v["rootfsIsReadOnly"] = json!("yes")),
+                "rootfsIsReadOnly",
+            ),
+            (
+                Box::new(|v| v["rootfs"]["fileName"] = json!("vmlinux-6.1.10")),
+                "rootfs.fileName",
+            ),
+            (
+                Box::new(|v| v["kernel"]["url"] = json!("ftp://example.com/k")),
+                "kernel.url",
+            ),
+            (
+                Box::new(|v| v["kernel"]["fileName"] = json!("manifest.json")),
+                "kernel.fileName",
+            ),
+            (
+                Box::new(|v| v["kernel"]["fileName"] = json!("a\\b")),
+                "kernel.fileName",
+            ),
+            (Box::new(|v| v["arch"] = json!("riscv64")), "arch"),
+            (
+                Box::new(|v| v["firecrackerVersion"] = json!("latest")),
+                "firecrackerVersion",
+            ),
+            (
+                Box::new(|v| v["kernel"]["sizeBytes"] = json!(1.5)),
+                "kernel.sizeBytes",
+            ),
+            (Box::new(|v| v["bootArgs"] = json!(["ro"])), "bootArgs"),
+            (Box::new(|v| v["bundleId"] = json!(7)), "bundleId"),
+        ];
+        for (edit, field) in cases {
+            let mut v = good();
+            edit(&mut v);
+            let err = parse_manifest(&v.to_string(), None).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidBaseImageManifest);
+            let problems = err.details().unwrap()["problems"]
+                .as_array()
+                .unwrap()
+                .clone();
+            assert!(
+                problems.iter().any(|p| p["field"] == field),
+                "{field}: {problems:?}"
+            );
+        }
+        let err = parse_manifest("[1, 2]", None).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidBaseImageManifest);
+        let err = parse_manifest("{", None).unwrap_err();
+        assert_eq!(err.details().unwrap()["problems"][0]["field"], "$");
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored() {
+        let mut v = good();
+        v["publisher"] = json!({ "team": "acme" });
+        v["kernel"]["mirror"] = json!("https://mirror.example.com/k");
+        assert!(parse_manifest(&v.to_string(), None).is_ok());
+    }
+
     #[test]
     fn relative_paths_need_a_base() {
         let mut v = good();
@@ -548,6 +622,32 @@ mod tests {
         }
         for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(129)] {
             assert!(!is_valid_bundle_id(bad), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(text in ".{0,300}") {
+            let _ = parse_manifest(&text, None);
+        }
+
+        #[test]
+        fn file_names_never_escape(name in ".{0,40}") {
+            let mut v = good();
+            v["kernel"]["fileName"] = json!(name);
+            if let Ok(m) = parse_manifest(&v.to_string(), None) {
+                let joined = Path::new("/cache/b").join(&m.kernel.file_name);
+                proptest::prop_assert_eq!(joined.parent(), Some(Path::new("/cache/b")));
+                proptest::prop_assert!(m.kernel.file_name != ".." && m.kernel.file_name != ".");
+            }
+        }
+
+        #[test]
+        fn valid_bundle_ids_are_accepted(id in "[A-Za-z0-9_-][A-Za-z0-9._-]{0,60}") {
+            let mut v = good();
+            v["bundleId"] = json!(id.clone());
+            let m = parse_manifest(&v.to_string(), None).unwrap();
+            proptest::prop_assert_eq!(m.bundle_id, id);
         }
     }
 }

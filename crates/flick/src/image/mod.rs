@@ -20,6 +20,34 @@
 //!
 //! Every base URL is configurable through [`Endpoints`], so tests point flick at a local server.
 //! The cache layout, file formats, locking and error codes are described in `docs/artifacts.md`.
+//!
+//! ```no_run
+//! use flick::image::{
+//!     BaseImageCache, BaseImagePreset, BinaryManager, CacheOptions, DataDirs, Downloader,
+//!     Endpoints, EnsureOptions, ProgressUpdate, VersionSpec,
+//! };
+//!
+//! # async fn demo() -> flick::Result<()> {
+//! let dirs = DataDirs::new(DataDirs::default_root());
+//! let downloader = Downloader::new()?;
+//! let show = |u: &ProgressUpdate<'_>| eprintln!("{} {}/{:?}", u.artifact, u.done, u.total);
+//!
+//! let bins = BinaryManager::new(dirs.clone(), Endpoints::default(), downloader.clone())
+//!     .ensure(&VersionSpec::Latest, None, false, &show)
+//!     .await?;
+//! let cache = BaseImageCache::new(CacheOptions::new(&dirs), downloader)?;
+//! let ready = cache
+//!     .ensure(&BaseImagePreset::Latest, EnsureOptions::default(), &show)
+//!     .await?;
+//! println!(
+//!     "{} boots {} with {}",
+//!     bins.firecracker.display(),
+//!     ready.bundle.kernel_path().display(),
+//!     ready.bundle.record.boot_args
+//! );
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cache;
 pub mod ci;
@@ -266,6 +294,32 @@ pub(crate) fn now_unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// Creates `dir` and any missing parents; returns the directories it created, outermost first.
+pub(crate) fn create_dirs_tracked(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d.to_owned());
+        cur = d.parent();
+    }
+    missing.reverse();
+    std::fs::create_dir_all(dir)?;
+    Ok(missing)
+}
+
+/// Removes directories made by [`create_dirs_tracked`] again, innermost first, as long as they
+/// are empty (another process may have started using them).
+pub(crate) fn remove_created_dirs(created: &[PathBuf]) {
+    for dir in created.iter().rev() {
+        if std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+    }
 }
 
 /// fsyncs a directory so a rename inside it survives a crash.

@@ -223,3 +223,18 @@ impl Recorder {
         self.0.lock().unwrap().clone()
     }
 }
+
+/// Endpoints on a port nobody listens on (connection refused), to simulate being offline.
+pub fn unreachable_endpoints() -> Endpoints {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    Endpoints {
+        github_api: format!("{base}/repos/firecracker-microvm/firecracker"),
+        release_downloads: format!("{base}/firecracker-microvm/firecracker/releases/download"),
+        ci_bucket: format!("{base}/spec.ccfc.min"),
+    }
+}
