@@ -767,3 +767,18 @@ async fn without_a_view_firecracker_sees_host_paths_and_clones_repoint_drives() 
     );
     host.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_host_is_usable_again_after_cleanup() {
+    let fx = Fixture::new();
+    let host = fx.host();
+    for round in 0..2 {
+        let vm = host
+            .create_vm(format!("again-{round}"), fx.config())
+            .await
+            .unwrap();
+        vm.start().await.unwrap();
+        host.cleanup().await.unwrap();
+        assert!(fx.runtime_entries().is_empty());
+    }
+}

@@ -367,7 +367,16 @@ fn spawn_in_view(
         .name("flick-view-spawn".into())
         .spawn(move || {
             let _runtime = runtime.enter();
-            enter_view(&source, &target)?;
+            enter_view(&source, &target).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot show {} at {} in a private mount namespace: {e}",
+                        source.display(),
+                        target.display()
+                    ),
+                )
+            })?;
             command.spawn()
         })?;
     thread

@@ -843,6 +843,10 @@ pub(crate) fn spawn_firecracker(
     // own directory.
     spec.cwd = Some(runtime.path().to_path_buf());
     if let Some(view) = view {
+        // The mount point is an empty directory; `Host::cleanup` removes it, so a host used
+        // again afterwards makes it anew.
+        std::fs::create_dir_all(view)
+            .map_err(|e| Error::io(ErrorCode::ProcessFailed, "cannot create view", view, e))?;
         spec.bind_view = Some((runtime.path().to_path_buf(), view.to_path_buf()));
     }
     SupervisedProcess::spawn(&spec)
