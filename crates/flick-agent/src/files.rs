@@ -144,13 +144,16 @@ pub fn remove(path: &str, recursive: bool) -> Result<Response, ErrorBody> {
 
 fn write_chunks(
     mut file: fs::File,
+    checksum: bool,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> (Sha256, u64, Option<io::Error>) {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut err = None;
     while let Some(data) = rx.blocking_recv() {
-        hasher.update(&data);
+        if checksum {
+            hasher.update(&data);
+        }
         size += data.len() as u64;
         if err.is_none()
             && let Err(e) = file.write_all(&data)
@@ -164,6 +167,7 @@ fn write_chunks(
 /// Reads a file in transfer chunks on a blocking thread, hashing as it goes.
 fn read_chunks(
     mut file: fs::File,
+    checksum: bool,
     tx: &tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
 ) -> Option<(u64, String)> {
     let mut hasher = Sha256::new();
@@ -171,7 +175,14 @@ fn read_chunks(
     loop {
         let mut buf = vec![0u8; TRANSFER_CHUNK_SIZE];
         let n = match file.read(&mut buf) {
-            Ok(0) => return Some((size, hex::encode(hasher.finalize()))),
+            Ok(0) => {
+                let digest = if checksum {
+                    hex::encode(hasher.finalize())
+                } else {
+                    String::new()
+                };
+                return Some((size, digest));
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -180,7 +191,9 @@ fn read_chunks(
             }
         };
         buf.truncate(n);
-        hasher.update(&buf);
+        if checksum {
+            hasher.update(&buf);
+        }
         size += n as u64;
         if tx.blocking_send(Ok(buf)).is_err() {
             return None;
@@ -274,7 +287,8 @@ where
         }
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    let writer = tokio::task::spawn_blocking(move || write_chunks(file, rx));
+    let checksum = !req.skip_checksum;
+    let writer = tokio::task::spawn_blocking(move || write_chunks(file, checksum, rx));
     let end = loop {
         match rd.read_frame().await {
             Ok(Some(Message::Data(data))) => {
@@ -321,7 +335,11 @@ fn finish_upload(
     if let Some(e) = write_err {
         return Err(io_body("write", &req.path, &e));
     }
-    let digest = hex::encode(hasher.finalize());
+    let digest = if req.skip_checksum {
+        String::new()
+    } else {
+        hex::encode(hasher.finalize())
+    };
     if size != end.size || !digest.eq_ignore_ascii_case(&end.sha256) {
         return Err(ErrorBody::new(
             codes::CHECKSUM_MISMATCH,
@@ -350,9 +368,11 @@ fn finish_upload(
     })
 }
 
-/// Streams a file: `DownloadStarted`, data frames, then a [`DataEnd`] with size and SHA-256.
+/// Streams a file: `DownloadStarted`, data frames, then a [`DataEnd`] with size and SHA-256
+/// (unless `checksum` is false).
 pub async fn download<W: AsyncWrite + Unpin>(
     path: &str,
+    checksum: bool,
     wr: &mut FrameWriter<W>,
 ) -> Result<(), Closed> {
     let opened = absolute(path).and_then(|p| {
@@ -377,7 +397,7 @@ pub async fn download<W: AsyncWrite + Unpin>(
     .await
     .map_err(|_| Closed)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
-    let reader = tokio::task::spawn_blocking(move || read_chunks(file, &tx));
+    let reader = tokio::task::spawn_blocking(move || read_chunks(file, checksum, &tx));
     while let Some(chunk) = rx.recv().await {
         match chunk {
             Ok(data) => wr.send_data(Kind::Data, &data).await.map_err(|_| Closed)?,

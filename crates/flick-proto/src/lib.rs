@@ -243,6 +243,9 @@ pub struct UploadRequest {
     /// Create missing parent directories.
     #[serde(default)]
     pub mkdirs: bool,
+    /// Skip the SHA-256 (only the size is checked; [`DataEnd::sha256`] is then empty).
+    #[serde(default)]
+    pub skip_checksum: bool,
 }
 
 /// What [`Request::Shutdown`] should do.
@@ -271,6 +274,9 @@ pub enum Request {
     Download {
         /// Absolute path.
         path: String,
+        /// Do not compute the SHA-256 ([`DataEnd::sha256`] is then empty).
+        #[serde(default)]
+        skip_checksum: bool,
     },
     /// Metadata of a path; answered with [`Response::Stat`].
     Stat {
@@ -411,7 +417,7 @@ pub enum Response {
 pub struct DataEnd {
     /// Total bytes sent.
     pub size: u64,
-    /// Lowercase hex SHA-256 of the bytes.
+    /// Lowercase hex SHA-256 of the bytes (empty when the checksum was skipped).
     pub sha256: String,
 }
 

@@ -151,6 +151,7 @@ async fn upload_with_a_wrong_checksum_is_rejected_and_leaves_no_file() {
             uid: None,
             gid: None,
             mkdirs: false,
+            skip_checksum: false,
         }))
         .encode(),
     );
@@ -200,6 +201,7 @@ async fn upload_with_a_wrong_checksum_is_rejected_and_leaves_no_file() {
             uid: None,
             gid: None,
             mkdirs: false,
+            skip_checksum: false,
         }))
         .encode(),
     );

@@ -23,6 +23,16 @@ pub struct UploadOptions {
     pub gid: Option<u32>,
     /// Create missing parent directories.
     pub mkdirs: bool,
+    /// Check only the size, not the SHA-256 (faster on slow CPUs; the temp-file-and-rename
+    /// guarantee stays).
+    pub skip_checksum: bool,
+}
+
+/// Options of a download.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DownloadOptions {
+    /// Check only the size, not the SHA-256.
+    pub skip_checksum: bool,
 }
 
 /// Size and SHA-256 of a completed, verified transfer.
@@ -30,7 +40,7 @@ pub struct UploadOptions {
 pub struct TransferResult {
     /// Bytes transferred.
     pub size: u64,
-    /// Lowercase hex SHA-256.
+    /// Lowercase hex SHA-256 (empty when the checksum was skipped).
     pub sha256: String,
 }
 
@@ -44,6 +54,7 @@ async fn upload_on<R: AsyncRead + Unpin>(
     req: UploadRequest,
 ) -> Result<TransferResult> {
     let path = req.path.clone();
+    let checksum = !req.skip_checksum;
     conn.send(
         &Message::Request(Request::Upload(req)),
         "starting an upload",
@@ -63,14 +74,20 @@ async fn upload_on<R: AsyncRead + Unpin>(
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        if checksum {
+            hasher.update(&buf[..n]);
+        }
         size += n as u64;
         conn.wr
             .send_data(Kind::Data, &buf[..n])
             .await
             .map_err(|e| io_error("uploading", e))?;
     }
-    let sha256 = hex::encode(hasher.finalize());
+    let sha256 = if checksum {
+        hex::encode(hasher.finalize())
+    } else {
+        String::new()
+    };
     conn.send(
         &Message::DataEnd(DataEnd {
             size,
@@ -138,6 +155,7 @@ async fn upload_chunks(
 
 fn read_chunks(
     mut file: std::fs::File,
+    checksum: bool,
     tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) -> Option<(u64, String)> {
     use std::io::Read;
@@ -146,7 +164,14 @@ fn read_chunks(
     loop {
         let mut buf = vec![0u8; TRANSFER_CHUNK_SIZE];
         let n = match file.read(&mut buf) {
-            Ok(0) => return Some((size, hex::encode(hasher.finalize()))),
+            Ok(0) => {
+                let digest = if checksum {
+                    hex::encode(hasher.finalize())
+                } else {
+                    String::new()
+                };
+                return Some((size, digest));
+            }
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -155,7 +180,9 @@ fn read_chunks(
             }
         };
         buf.truncate(n);
-        hasher.update(&buf);
+        if checksum {
+            hasher.update(&buf);
+        }
         size += n as u64;
         if tx.blocking_send(Ok(buf)).is_err() {
             return None;
@@ -172,20 +199,27 @@ trait ChunkSink {
 /// Writes into an async writer, hashing inline.
 struct HashingWriter<'a, W> {
     writer: &'a mut W,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     size: u64,
 }
 
 impl<W: AsyncWrite + Unpin> ChunkSink for HashingWriter<'_, W> {
     async fn put(&mut self, data: Vec<u8>) -> std::io::Result<()> {
-        self.hasher.update(&data);
+        if let Some(h) = &mut self.hasher {
+            h.update(&data);
+        }
         self.size += data.len() as u64;
         self.writer.write_all(&data).await
     }
 
     async fn finish(self) -> std::io::Result<(u64, String)> {
         self.writer.flush().await?;
-        Ok((self.size, hex::encode(self.hasher.finalize())))
+        Ok((
+            self.size,
+            self.hasher
+                .map(|h| hex::encode(h.finalize()))
+                .unwrap_or_default(),
+        ))
     }
 }
 
@@ -196,19 +230,26 @@ struct FileSink {
 }
 
 impl FileSink {
-    fn new(mut file: std::fs::File) -> Self {
+    fn new(mut file: std::fs::File, checksum: bool) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let handle = tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let mut hasher = Sha256::new();
             let mut size = 0u64;
             while let Some(data) = rx.blocking_recv() {
-                hasher.update(&data);
+                if checksum {
+                    hasher.update(&data);
+                }
                 size += data.len() as u64;
                 file.write_all(&data)?;
             }
             file.flush()?;
-            Ok((size, hex::encode(hasher.finalize())))
+            let digest = if checksum {
+                hex::encode(hasher.finalize())
+            } else {
+                String::new()
+            };
+            Ok((size, digest))
         });
         Self { tx, handle }
     }
@@ -235,9 +276,11 @@ async fn download_on<S: ChunkSink>(
     conn: &mut Conn,
     remote: &str,
     mut sink: S,
+    checksum: bool,
 ) -> Result<(TransferResult, u32)> {
     let req = Request::Download {
         path: remote.to_owned(),
+        skip_checksum: !checksum,
     };
     conn.send(&Message::Request(req), "starting a download")
         .await?;
@@ -317,6 +360,7 @@ impl AgentClient {
             uid: opts.uid,
             gid: opts.gid,
             mkdirs: opts.mkdirs,
+            skip_checksum: opts.skip_checksum,
         };
         let (mut conn, _) = self.checkout().await?;
         let result = upload_on(&mut conn, reader, req).await;
@@ -347,10 +391,12 @@ impl AgentClient {
             uid: opts.uid,
             gid: opts.gid,
             mkdirs: opts.mkdirs,
+            skip_checksum: opts.skip_checksum,
         };
+        let checksum = !opts.skip_checksum;
         let (mut conn, _) = self.checkout().await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let reader = tokio::task::spawn_blocking(move || read_chunks(file, &tx));
+        let reader = tokio::task::spawn_blocking(move || read_chunks(file, checksum, &tx));
         let result = upload_chunks(&mut conn, rx, reader, req, local).await;
         if result.is_ok() {
             self.give_back(conn);
@@ -367,10 +413,10 @@ impl AgentClient {
         let (mut conn, _) = self.checkout().await?;
         let sink = HashingWriter {
             writer,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             size: 0,
         };
-        let result = download_on(&mut conn, remote, sink).await;
+        let result = download_on(&mut conn, remote, sink, true).await;
         match result {
             Ok((r, _)) => {
                 self.give_back(conn);
@@ -383,6 +429,17 @@ impl AgentClient {
     /// Downloads a guest file to `local` (temp file in the same directory, renamed into place
     /// after the checksum matched; the guest file's permission bits are kept).
     pub async fn download(&self, remote: &str, local: &Path) -> Result<TransferResult> {
+        self.download_with(remote, local, DownloadOptions::default())
+            .await
+    }
+
+    /// [`AgentClient::download`] with options.
+    pub async fn download_with(
+        &self,
+        remote: &str,
+        local: &Path,
+        opts: DownloadOptions,
+    ) -> Result<TransferResult> {
         let parent = local
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -396,7 +453,13 @@ impl AgentClient {
             .try_clone()
             .map_err(|e| local_io("open", &tmp_path, e))?;
         let (mut conn, _) = self.checkout().await?;
-        let (result, mode) = download_on(&mut conn, remote, FileSink::new(tmp_file)).await?;
+        let (result, mode) = download_on(
+            &mut conn,
+            remote,
+            FileSink::new(tmp_file, !opts.skip_checksum),
+            !opts.skip_checksum,
+        )
+        .await?;
         self.give_back(conn);
         perms_handle
             .set_permissions(std::fs::Permissions::from_mode(mode))

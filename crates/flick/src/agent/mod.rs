@@ -20,7 +20,7 @@ mod transport;
 mod wire;
 
 pub use exec::{ExecEvent, ExecEvents, ExecInput, ExecOutput, ExecSession};
-pub use files::{TransferResult, UploadOptions};
+pub use files::{DownloadOptions, TransferResult, UploadOptions};
 pub use flick_proto::{ExecRequest, ExitStatus, FileInfo, FileKind, ShutdownAction, WinSize};
 pub use transport::{AgentTransport, firecracker_connect};
 
