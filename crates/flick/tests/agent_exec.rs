@@ -278,3 +278,19 @@ async fn pty_shell_prompt_keys_and_resize() {
     };
     assert_eq!(status.code, Some(3));
 }
+
+#[tokio::test]
+async fn exit_is_reported_while_a_background_child_holds_stdout() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let out = client
+        .output(req(sh("sleep 3 & echo $!; echo done")))
+        .await
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.ends_with("done\n"), "{text:?}");
+    assert_eq!(out.status.code, Some(0));
+    // The background child was not killed: only timeouts and disconnects do that.
+    let pid: u32 = text.lines().next().unwrap().parse().unwrap();
+    assert!(!agent_support::process_gone(pid));
+}
