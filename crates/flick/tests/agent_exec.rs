@@ -107,6 +107,23 @@ async fn signal_reaches_the_running_program() {
 const SIGTERM: i32 = 15;
 
 #[tokio::test]
+async fn group_signal_reaches_every_member() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let mut s = client
+        .exec(req(sh("sleep 100 & echo $!; wait; echo waited")))
+        .await
+        .unwrap();
+    let line = first_line(&mut s).await;
+    let bg: u32 = line.trim().parse().unwrap();
+    s.signal(SIGTERM, true).await.unwrap();
+    let out = s.collect().await.unwrap();
+    // The shell itself got SIGTERM too (it is the group leader).
+    assert_eq!(out.status.signal, Some(15));
+    assert_eq!(wait_gone(&[bg], Duration::from_secs(5)), Vec::<u32>::new());
+}
+
+#[tokio::test]
 async fn hundred_mib_of_output_arrive_whole_with_bounded_agent_memory() {
     let agent = Agent::start();
     let client = agent.client().await;
@@ -270,6 +287,18 @@ async fn pty_shell_prompt_keys_and_resize() {
     screen.clear();
     s.write_stdin(b"stty size\n").await.unwrap();
     read_until(&mut s, &mut screen, "40 120").await;
+    // The PTY is the controlling terminal: ^C interrupts the foreground job only.
+    screen.clear();
+    s.write_stdin(b"sleep 100; echo after-sleep\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_stdin(b"\x03").await.unwrap();
+    read_until(&mut s, &mut screen, "^C").await;
+    screen.clear();
+    s.write_stdin(b"echo still-$((40+2))\n").await.unwrap();
+    read_until(&mut s, &mut screen, "still-42").await;
+    assert!(!screen.contains("after-sleep\r\n"), "{screen:?}");
     s.write_stdin(b"exit 3\n").await.unwrap();
     let status = loop {
         if let ExecEvent::Exit(st) = s.next_event().await.unwrap() {

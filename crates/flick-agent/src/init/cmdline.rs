@@ -209,8 +209,9 @@ mod tests {
         let o = BootOptions::parse(
             "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda ro rootfstype=squashfs \
              ip=172.16.0.2::172.16.0.1:255.255.255.252:vm1:eth0:off:1.1.1.1 \
-             flick.token=\"abc def\" flick.port=2000 flick.init=/sbin/init",
+             flick.token=\"abc def\" flick.port=2000 flick.init=/sbin/init flick.unix=/run/a.sock",
         );
+        assert_eq!(o.unix.as_deref(), Some("/run/a.sock"));
         assert_eq!(o.root.as_deref(), Some("/dev/vda"));
         assert!(o.read_only);
         assert_eq!(o.token.as_deref(), Some("abc def"));
