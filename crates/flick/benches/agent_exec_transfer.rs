@@ -38,7 +38,9 @@ fn agent_bin() -> PathBuf {
         .expect("cargo build")
         .success();
     assert!(ok, "building flick-agent failed");
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/flick-agent")
+    // target/release/deps/<bench> -> target/release/flick-agent
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("flick-agent")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
