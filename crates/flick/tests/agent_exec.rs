@@ -59,6 +59,11 @@ async fn exit_codes_signals_and_spawn_errors() {
 
     let err = client.output(req(vec![])).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    let err = client
+        .output(req(vec!["echo".into(), "x".repeat(2 << 20)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
 
     // The pooled connection still works after the errors.
     let out = client.output(req(sh("echo ok"))).await.unwrap();
@@ -105,6 +110,22 @@ async fn signal_reaches_the_running_program() {
 }
 
 const SIGTERM: i32 = 15;
+
+#[tokio::test]
+async fn pty_as_another_user_gets_its_controlling_terminal() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let mut r = req(sh("id -u; tty; stty size"));
+    r.user = Some("nobody".into());
+    r.tty = Some(flick::agent::WinSize { rows: 33, cols: 77 });
+    let out = client.output(r).await.unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_ne!(lines[0], "0", "{text:?}");
+    assert!(lines[1].starts_with("/dev/pts/"), "{text:?}");
+    assert_eq!(lines[2], "33 77");
+    assert_eq!(out.status.code, Some(0));
+}
 
 #[tokio::test]
 async fn group_signal_reaches_every_member() {
