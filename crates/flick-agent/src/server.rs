@@ -81,6 +81,14 @@ where
 pub async fn run(config: Config) -> std::io::Result<()> {
     let shared = Shared::new(config);
     let mut tasks = tokio::task::JoinSet::new();
+    // PID 1 forwards SIGHUP and SIGUSR1 to every process; they must not end the agent. A
+    // handler (unlike SIG_IGN) is reset by exec, so programs started by the agent keep the
+    // default behaviour.
+    use tokio::signal::unix::{SignalKind, signal};
+    for kind in [SignalKind::hangup(), SignalKind::user_defined1()] {
+        let mut stream = signal(kind)?;
+        tasks.spawn(async move { while stream.recv().await.is_some() {} });
+    }
     for path in &shared.config.unix {
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path)?;

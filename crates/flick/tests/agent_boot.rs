@@ -136,10 +136,13 @@ async fn init_boots_a_squashfs_root_serves_the_agent_and_shuts_down() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let client =
-            AgentClient::connect(AgentTransport::Unix(socket), TOKEN, Duration::from_secs(10))
-                .await
-                .unwrap();
+        let client = AgentClient::connect(
+            AgentTransport::Unix(socket.clone()),
+            TOKEN,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
         // Programs of the image run (the image's copy of the binary prints its usage).
         let out = client
             .output(ExecRequest {
@@ -206,6 +209,37 @@ async fn init_boots_a_squashfs_root_serves_the_agent_and_shuts_down() {
             .await
             .unwrap_err();
         assert_eq!(err.details().unwrap()["agent_code"], "NOT_FOUND");
+        // SIGHUP to PID 1 is forwarded to every process; the agent survives it.
+        let agent_before = child_pid(init_pid);
+        assert!(agent_before.is_some());
+        // SAFETY: signalling the namespace's init, a descendant of our `unshare` process.
+        unsafe { libc::kill(init_pid as i32, libc::SIGHUP) };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.health().await.unwrap();
+        assert_eq!(child_pid(init_pid), agent_before, "the agent was replaced");
+        // An agent that dies is restarted by PID 1.
+        let agent_pid = child_pid(init_pid).expect("the agent is PID 1's child");
+        // SAFETY: killing the agent process inside the test namespace.
+        unsafe { libc::kill(agent_pid as i32, libc::SIGKILL) };
+        let start = Instant::now();
+        let restarted = loop {
+            let again = AgentClient::connect(
+                AgentTransport::Unix(socket.clone()),
+                TOKEN,
+                Duration::from_secs(1),
+            )
+            .await;
+            if let Ok(c) = again {
+                break c;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the agent was not restarted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        restarted.health().await.unwrap();
+        assert_ne!(child_pid(init_pid), Some(agent_pid));
         init_pid
     }
     .await;
