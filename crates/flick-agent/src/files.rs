@@ -3,8 +3,8 @@
 use crate::session::{Closed, bad_frame};
 use crate::wire::{FrameReader, FrameWriter};
 use flick_proto::{
-    CHUNK_SIZE, DataEnd, ErrorBody, FileInfo, FileKind, Kind, Message, Response, UploadRequest,
-    codes,
+    DataEnd, ErrorBody, FileInfo, FileKind, Kind, Message, Response, TRANSFER_CHUNK_SIZE,
+    UploadRequest, codes,
 };
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -142,6 +142,65 @@ pub fn remove(path: &str, recursive: bool) -> Result<Response, ErrorBody> {
     Ok(Response::Ok)
 }
 
+fn write_chunks(
+    mut file: fs::File,
+    checksum: bool,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> (Sha256, u64, Option<io::Error>) {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut err = None;
+    while let Some(data) = rx.blocking_recv() {
+        if checksum {
+            hasher.update(&data);
+        }
+        size += data.len() as u64;
+        if err.is_none()
+            && let Err(e) = file.write_all(&data)
+        {
+            err = Some(e);
+        }
+    }
+    (hasher, size, err)
+}
+
+/// Reads a file in transfer chunks on a blocking thread, hashing as it goes.
+fn read_chunks(
+    mut file: fs::File,
+    checksum: bool,
+    tx: &tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
+) -> Option<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        let mut buf = vec![0u8; TRANSFER_CHUNK_SIZE];
+        let n = match file.read(&mut buf) {
+            Ok(0) => {
+                let digest = if checksum {
+                    hex::encode(hasher.finalize())
+                } else {
+                    String::new()
+                };
+                return Some((size, digest));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return None;
+            }
+        };
+        buf.truncate(n);
+        if checksum {
+            hasher.update(&buf);
+        }
+        size += n as u64;
+        if tx.blocking_send(Ok(buf)).is_err() {
+            return None;
+        }
+    }
+}
+
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A temporary file next to the destination, removed unless it was renamed into place.
@@ -219,19 +278,22 @@ where
     wr.send(&Message::Response(Response::Ok))
         .await
         .map_err(|_| Closed)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut write_err: Option<io::Error> = None;
+    // Hashing and writing run on a blocking thread, in parallel with reading the socket.
+    let file = match tmp.file.try_clone() {
+        Ok(f) => f,
+        Err(e) => {
+            let body = io_body("upload to", &req.path, &e);
+            return wr.send(&Message::Error(body)).await.map_err(|_| Closed);
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let checksum = !req.skip_checksum;
+    let writer = tokio::task::spawn_blocking(move || write_chunks(file, checksum, rx));
     let end = loop {
         match rd.read_frame().await {
             Ok(Some(Message::Data(data))) => {
-                hasher.update(&data);
-                size += data.len() as u64;
-                if write_err.is_none()
-                    && let Err(e) = tmp.file.write_all(&data)
-                {
-                    write_err = Some(e);
-                }
+                // A failed send means the writer stopped; its error is reported at the end.
+                let _ = tx.send(data).await;
             }
             Ok(Some(Message::DataEnd(end))) => break end,
             Ok(Some(other)) => {
@@ -245,6 +307,11 @@ where
             Ok(None) => return Err(Closed),
             Err(e) => return Err(bad_frame(wr, &e).await),
         }
+    };
+    drop(tx);
+    let (hasher, size, write_err) = match writer.await {
+        Ok(v) => v,
+        Err(e) => (Sha256::new(), 0, Some(io::Error::other(e.to_string()))),
     };
     let result = finish_upload(&req, &mut tmp, &dest, hasher, size, &end, write_err);
     // Remove a rejected temp file before answering, so the client never sees it.
@@ -268,7 +335,11 @@ fn finish_upload(
     if let Some(e) = write_err {
         return Err(io_body("write", &req.path, &e));
     }
-    let digest = hex::encode(hasher.finalize());
+    let digest = if req.skip_checksum {
+        String::new()
+    } else {
+        hex::encode(hasher.finalize())
+    };
     if size != end.size || !digest.eq_ignore_ascii_case(&end.sha256) {
         return Err(ErrorBody::new(
             codes::CHECKSUM_MISMATCH,
@@ -297,9 +368,11 @@ fn finish_upload(
     })
 }
 
-/// Streams a file: `DownloadStarted`, data frames, then a [`DataEnd`] with size and SHA-256.
+/// Streams a file: `DownloadStarted`, data frames, then a [`DataEnd`] with size and SHA-256
+/// (unless `checksum` is false).
 pub async fn download<W: AsyncWrite + Unpin>(
     path: &str,
+    checksum: bool,
     wr: &mut FrameWriter<W>,
 ) -> Result<(), Closed> {
     let opened = absolute(path).and_then(|p| {
@@ -313,7 +386,7 @@ pub async fn download<W: AsyncWrite + Unpin>(
         }
         Ok((file, meta))
     });
-    let (mut file, meta) = match opened {
+    let (file, meta) = match opened {
         Ok(v) => v,
         Err(body) => return wr.send(&Message::Error(body)).await.map_err(|_| Closed),
     };
@@ -323,30 +396,24 @@ pub async fn download<W: AsyncWrite + Unpin>(
     }))
     .await
     .map_err(|_| Closed)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; CHUNK_SIZE];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
+    let reader = tokio::task::spawn_blocking(move || read_chunks(file, checksum, &tx));
+    while let Some(chunk) = rx.recv().await {
+        match chunk {
+            Ok(data) => wr.send_data(Kind::Data, &data).await.map_err(|_| Closed)?,
             Err(e) => {
                 // The stream is mid-flight: an error frame ends it.
                 let _ = wr.send(&Message::Error(io_body("read", path, &e))).await;
                 return Ok(());
             }
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-        wr.send_data(Kind::Data, &buf[..n])
-            .await
-            .map_err(|_| Closed)?;
+        }
     }
-    wr.send(&Message::DataEnd(DataEnd {
-        size,
-        sha256: hex::encode(hasher.finalize()),
-    }))
-    .await
-    .map_err(|_| Closed)
+    let Ok(Some((size, sha256))) = reader.await else {
+        let body = ErrorBody::new(codes::IO, format!("reading {path} failed"));
+        let _ = wr.send(&Message::Error(body)).await;
+        return Ok(());
+    };
+    wr.send(&Message::DataEnd(DataEnd { size, sha256 }))
+        .await
+        .map_err(|_| Closed)
 }

@@ -81,6 +81,14 @@ where
 pub async fn run(config: Config) -> std::io::Result<()> {
     let shared = Shared::new(config);
     let mut tasks = tokio::task::JoinSet::new();
+    // PID 1 forwards SIGHUP and SIGUSR1 to every process; they must not end the agent. A
+    // handler (unlike SIG_IGN) is reset by exec, so programs started by the agent keep the
+    // default behaviour.
+    use tokio::signal::unix::{SignalKind, signal};
+    for kind in [SignalKind::hangup(), SignalKind::user_defined1()] {
+        let mut stream = signal(kind)?;
+        tasks.spawn(async move { while stream.recv().await.is_some() {} });
+    }
     for path in &shared.config.unix {
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path)?;
@@ -100,10 +108,19 @@ pub async fn run(config: Config) -> std::io::Result<()> {
         });
     }
     if let Some(port) = shared.config.vsock_port {
-        let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+        let bound = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
             tokio_vsock::VMADDR_CID_ANY,
             port,
-        ))?;
+        ));
+        let listener = match bound {
+            Ok(l) => l,
+            // Without vsock (a host, a namespace) the Unix sockets still serve.
+            Err(e) if !shared.config.unix.is_empty() => {
+                eprintln!("flick-agent: vsock port {port} unavailable ({e}); Unix sockets only");
+                return serve_until_done(tasks).await;
+            }
+            Err(e) => return Err(e),
+        };
         let shared = shared.clone();
         tasks.spawn(async move {
             loop {
@@ -119,6 +136,10 @@ pub async fn run(config: Config) -> std::io::Result<()> {
             }
         });
     }
+    serve_until_done(tasks).await
+}
+
+async fn serve_until_done(mut tasks: tokio::task::JoinSet<()>) -> std::io::Result<()> {
     eprintln!("flick-agent: ready");
     while tasks.join_next().await.is_some() {}
     Ok(())

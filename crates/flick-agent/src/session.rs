@@ -126,7 +126,10 @@ where
     let answer = match req {
         Request::Exec(req) => return exec::run(req, rd, wr, shared).await,
         Request::Upload(req) => return files::upload(req, rd, wr).await,
-        Request::Download { path } => return files::download(&path, wr).await,
+        Request::Download {
+            path,
+            skip_checksum,
+        } => return files::download(&path, !skip_checksum, wr).await,
         Request::Health => Ok(system::health(shared)),
         Request::Version => Ok(system::version()),
         Request::Stat { path, follow } => files::stat(&path, follow),

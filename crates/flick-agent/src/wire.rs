@@ -7,6 +7,9 @@ use flick_proto::{HEADER_LEN, Header, Kind, MAX_PAYLOAD, Message, ProtoError, de
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// Data payloads at least this large are read straight into their own buffer.
+const DIRECT_READ_MIN: usize = 16 * 1024;
+
 /// Why a frame could not be read.
 #[derive(Debug)]
 pub enum ReadError {
@@ -22,6 +25,8 @@ pub struct FrameReader<R> {
     inner: R,
     buf: Vec<u8>,
     start: usize,
+    /// A large data payload being read straight into its own buffer: kind, bytes, length.
+    partial: Option<(Kind, Vec<u8>, usize)>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -31,12 +36,51 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: Vec::with_capacity(2 * flick_proto::CHUNK_SIZE),
             start: 0,
+            partial: None,
         }
     }
 
     /// The next frame; `Ok(None)` on a clean end of stream between frames.
     pub async fn read_frame(&mut self) -> Result<Option<Message>, ReadError> {
         loop {
+            if let Some((_, payload, len)) = &mut self.partial {
+                if payload.len() == *len {
+                    let (kind, payload, _) = self.partial.take().expect("checked");
+                    let msg = Message::from_data(kind, payload).expect("data kind");
+                    return Ok(Some(msg));
+                }
+                let want = (*len - payload.len()) as u64;
+                let n = (&mut self.inner)
+                    .take(want)
+                    .read_buf(payload)
+                    .await
+                    .map_err(ReadError::Io)?;
+                if n == 0 {
+                    return Err(ReadError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "stream ended inside a frame",
+                    )));
+                }
+                continue;
+            }
+            // Large data payloads skip the shared buffer: one copy from the socket, no memmove.
+            let avail = &self.buf[self.start..];
+            if avail.len() >= HEADER_LEN {
+                let mut h = [0u8; HEADER_LEN];
+                h.copy_from_slice(&avail[..HEADER_LEN]);
+                let header = Header::parse(h).map_err(ReadError::Proto)?;
+                if header.kind.is_data()
+                    && header.len >= DIRECT_READ_MIN
+                    && avail.len() < HEADER_LEN + header.len
+                {
+                    let mut payload = Vec::with_capacity(header.len);
+                    payload.extend_from_slice(&avail[HEADER_LEN..]);
+                    self.buf.clear();
+                    self.start = 0;
+                    self.partial = Some((header.kind, payload, header.len));
+                    continue;
+                }
+            }
             match decode_frame(&self.buf[self.start..]) {
                 Ok(Some((msg, used))) => {
                     self.start += used;
@@ -62,7 +106,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             } else {
                 HEADER_LEN - self.buf.len()
             };
-            let room = want.max(flick_proto::CHUNK_SIZE + HEADER_LEN);
+            // Small reads: a large payload is read directly once its header is known.
+            let room = want.clamp(4096, 64 * 1024);
             self.buf.reserve(room);
             let n = (&mut self.inner)
                 .take(room as u64)

@@ -36,8 +36,11 @@ pub const HEADER_LEN: usize = 5;
 /// Largest payload a frame may carry (1 MiB). Larger lengths are rejected before allocation.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
-/// Size of the data chunks both sides send for streams (128 KiB).
+/// Size of the data chunks both sides send for exec streams (128 KiB).
 pub const CHUNK_SIZE: usize = 128 * 1024;
+
+/// Size of the data chunks of file transfers (512 KiB): fewer frames, same bounded memory.
+pub const TRANSFER_CHUNK_SIZE: usize = 512 * 1024;
 
 /// Frame kinds. The numeric values are part of the wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,6 +77,12 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Whether frames of this kind carry raw bytes (not JSON).
+    #[must_use]
+    pub fn is_data(self) -> bool {
+        matches!(self, Kind::Stdin | Kind::Stdout | Kind::Stderr | Kind::Data)
+    }
+
     /// Parses a kind byte.
     #[must_use]
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -168,7 +177,6 @@ impl Header {
 
 /// First frame of a connection (client → agent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Hello {
     /// The protocol version the client speaks.
     pub version: u32,
@@ -235,6 +243,9 @@ pub struct UploadRequest {
     /// Create missing parent directories.
     #[serde(default)]
     pub mkdirs: bool,
+    /// Skip the SHA-256 (only the size is checked; [`DataEnd::sha256`] is then empty).
+    #[serde(default)]
+    pub skip_checksum: bool,
 }
 
 /// What [`Request::Shutdown`] should do.
@@ -263,6 +274,9 @@ pub enum Request {
     Download {
         /// Absolute path.
         path: String,
+        /// Do not compute the SHA-256 ([`DataEnd::sha256`] is then empty).
+        #[serde(default)]
+        skip_checksum: bool,
     },
     /// Metadata of a path; answered with [`Response::Stat`].
     Stat {
@@ -403,7 +417,7 @@ pub enum Response {
 pub struct DataEnd {
     /// Total bytes sent.
     pub size: u64,
-    /// Lowercase hex SHA-256 of the bytes.
+    /// Lowercase hex SHA-256 of the bytes (empty when the checksum was skipped).
     pub sha256: String,
 }
 
@@ -542,6 +556,18 @@ impl Message {
             Message::Data(_) => Kind::Data,
             Message::DataEnd(_) => Kind::DataEnd,
         }
+    }
+
+    /// Wraps an owned payload of a data kind without copying it; `None` for other kinds.
+    #[must_use]
+    pub fn from_data(kind: Kind, payload: Vec<u8>) -> Option<Self> {
+        Some(match kind {
+            Kind::Stdin => Message::Stdin(payload),
+            Kind::Stdout => Message::Stdout(payload),
+            Kind::Stderr => Message::Stderr(payload),
+            Kind::Data => Message::Data(payload),
+            _ => return None,
+        })
     }
 
     /// Decodes a payload of a frame whose header was already parsed.

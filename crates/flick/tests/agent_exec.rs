@@ -59,6 +59,11 @@ async fn exit_codes_signals_and_spawn_errors() {
 
     let err = client.output(req(vec![])).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    let err = client
+        .output(req(vec!["echo".into(), "x".repeat(2 << 20)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
 
     // The pooled connection still works after the errors.
     let out = client.output(req(sh("echo ok"))).await.unwrap();
@@ -105,6 +110,39 @@ async fn signal_reaches_the_running_program() {
 }
 
 const SIGTERM: i32 = 15;
+
+#[tokio::test]
+async fn pty_as_another_user_gets_its_controlling_terminal() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let mut r = req(sh("id -u; tty; stty size"));
+    r.user = Some("nobody".into());
+    r.tty = Some(flick::agent::WinSize { rows: 33, cols: 77 });
+    let out = client.output(r).await.unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_ne!(lines[0], "0", "{text:?}");
+    assert!(lines[1].starts_with("/dev/pts/"), "{text:?}");
+    assert_eq!(lines[2], "33 77");
+    assert_eq!(out.status.code, Some(0));
+}
+
+#[tokio::test]
+async fn group_signal_reaches_every_member() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let mut s = client
+        .exec(req(sh("sleep 100 & echo $!; wait; echo waited")))
+        .await
+        .unwrap();
+    let line = first_line(&mut s).await;
+    let bg: u32 = line.trim().parse().unwrap();
+    s.signal(SIGTERM, true).await.unwrap();
+    let out = s.collect().await.unwrap();
+    // The shell itself got SIGTERM too (it is the group leader).
+    assert_eq!(out.status.signal, Some(15));
+    assert_eq!(wait_gone(&[bg], Duration::from_secs(5)), Vec::<u32>::new());
+}
 
 #[tokio::test]
 async fn hundred_mib_of_output_arrive_whole_with_bounded_agent_memory() {
@@ -270,6 +308,18 @@ async fn pty_shell_prompt_keys_and_resize() {
     screen.clear();
     s.write_stdin(b"stty size\n").await.unwrap();
     read_until(&mut s, &mut screen, "40 120").await;
+    // The PTY is the controlling terminal: ^C interrupts the foreground job only.
+    screen.clear();
+    s.write_stdin(b"sleep 100; echo after-sleep\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_stdin(b"\x03").await.unwrap();
+    read_until(&mut s, &mut screen, "^C").await;
+    screen.clear();
+    s.write_stdin(b"echo still-$((40+2))\n").await.unwrap();
+    read_until(&mut s, &mut screen, "still-42").await;
+    assert!(!screen.contains("after-sleep\r\n"), "{screen:?}");
     s.write_stdin(b"exit 3\n").await.unwrap();
     let status = loop {
         if let ExecEvent::Exit(st) = s.next_event().await.unwrap() {
@@ -277,4 +327,20 @@ async fn pty_shell_prompt_keys_and_resize() {
         }
     };
     assert_eq!(status.code, Some(3));
+}
+
+#[tokio::test]
+async fn exit_is_reported_while_a_background_child_holds_stdout() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let out = client
+        .output(req(sh("sleep 3 & echo $!; echo done")))
+        .await
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.ends_with("done\n"), "{text:?}");
+    assert_eq!(out.status.code, Some(0));
+    // The background child was not killed: only timeouts and disconnects do that.
+    let pid: u32 = text.lines().next().unwrap().parse().unwrap();
+    assert!(!agent_support::process_gone(pid));
 }

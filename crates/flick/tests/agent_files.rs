@@ -76,6 +76,40 @@ async fn one_gib_upload_and_download_with_checksums() {
 }
 
 #[tokio::test]
+async fn transfers_without_checksum_check_the_size() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let remote = path_str(&work.path().join("remote"));
+    let opts = UploadOptions {
+        skip_checksum: true,
+        ..UploadOptions::default()
+    };
+    let up = client.upload(&src, &remote, &opts).await.unwrap();
+    assert_eq!((up.size, up.sha256.as_str()), (3_000_000, ""));
+    assert!(std::fs::read(&remote).unwrap() == data);
+    let back = work.path().join("back");
+    let down = client
+        .download_with(
+            &remote,
+            &back,
+            flick::agent::DownloadOptions {
+                skip_checksum: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((down.size, down.sha256.as_str()), (3_000_000, ""));
+    assert!(std::fs::read(&back).unwrap() == data);
+    // With checksums, the same file reports its digest.
+    let checked = client.download(&remote, &back).await.unwrap();
+    assert_eq!(checked.sha256, hex::encode(Sha256::digest(&data)));
+}
+
+#[tokio::test]
 async fn modes_owners_mkdir_list_stat_remove() {
     let agent = Agent::start();
     let client = agent.client().await;
@@ -87,7 +121,7 @@ async fn modes_owners_mkdir_list_stat_remove() {
         mode: Some(0o4750),
         uid: Some(1234),
         gid: Some(2345),
-        mkdirs: false,
+        ..UploadOptions::default()
     };
     client
         .upload_reader(&mut &b"hello"[..], &file, &opts)

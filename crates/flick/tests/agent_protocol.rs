@@ -151,6 +151,7 @@ async fn upload_with_a_wrong_checksum_is_rejected_and_leaves_no_file() {
             uid: None,
             gid: None,
             mkdirs: false,
+            skip_checksum: false,
         }))
         .encode(),
     );
@@ -200,6 +201,7 @@ async fn upload_with_a_wrong_checksum_is_rejected_and_leaves_no_file() {
             uid: None,
             gid: None,
             mkdirs: false,
+            skip_checksum: false,
         }))
         .encode(),
     );
@@ -350,4 +352,29 @@ async fn client_works_through_the_vsock_connect_tunnel() {
     );
     let err = wrong_port.health().await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::AgentConnectFailed);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_told_busy() {
+    let agent = Agent::start_with(&["--max-connections", "2"]);
+    let a = agent.client().await;
+    let b = agent.client().await;
+    // Each client holds one pooled, authenticated connection.
+    let mut s = UnixStream::connect(&agent.socket).await.unwrap();
+    assert_eq!(error_code(read_frame(&mut s).await), "BUSY");
+    assert_closed(&mut s).await;
+    drop(b);
+    // A freed slot serves the next client.
+    let start = std::time::Instant::now();
+    let c = loop {
+        match AgentClient::connect(agent.transport(), TOKEN, Duration::from_secs(2)).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(5), "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    c.health().await.unwrap();
+    a.health().await.unwrap();
 }

@@ -13,6 +13,7 @@
 //! | `flick.init=PATH` | hand PID 1 over to this program in the root (agent keeps running) |
 //! | `flick.hostname=NAME` | hostname (else the `ip=` hostname) |
 //! | `flick.mmds=1` | read the token from MMDS (`/flick/token`) when none is on the command line |
+//! | `flick.unix=PATH` | the agent also listens on this Unix socket (debugging, tests) |
 //! | `flick.overlay_size=SIZE` | tmpfs size of the overlay's upper layer (tmpfs syntax, default 50%) |
 
 use std::net::Ipv4Addr;
@@ -98,6 +99,8 @@ pub struct BootOptions {
     pub hostname: Option<String>,
     /// `flick.mmds=1`.
     pub mmds: bool,
+    /// `flick.unix=`.
+    pub unix: Option<String>,
 }
 
 /// Splits a command line into words, honouring double quotes like the kernel does.
@@ -146,6 +149,7 @@ impl BootOptions {
             init: None,
             hostname: None,
             mmds: false,
+            unix: None,
         };
         let mut flick_hostname = None;
         for word in split(cmdline) {
@@ -176,6 +180,7 @@ impl BootOptions {
                 }
                 "flick.overlay_size" => o.overlay_size = owned(),
                 "flick.init" => o.init = owned(),
+                "flick.unix" => o.unix = owned(),
                 "flick.hostname" => flick_hostname = owned(),
                 "flick.mmds" => o.mmds = matches!(value, Some("1" | "on" | "yes" | "true")),
                 _ => {}
@@ -204,8 +209,9 @@ mod tests {
         let o = BootOptions::parse(
             "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda ro rootfstype=squashfs \
              ip=172.16.0.2::172.16.0.1:255.255.255.252:vm1:eth0:off:1.1.1.1 \
-             flick.token=\"abc def\" flick.port=2000 flick.init=/sbin/init",
+             flick.token=\"abc def\" flick.port=2000 flick.init=/sbin/init flick.unix=/run/a.sock",
         );
+        assert_eq!(o.unix.as_deref(), Some("/run/a.sock"));
         assert_eq!(o.root.as_deref(), Some("/dev/vda"));
         assert!(o.read_only);
         assert_eq!(o.token.as_deref(), Some("abc def"));

@@ -42,8 +42,12 @@ fn wait_for(path: &Path, timeout: Duration) -> bool {
 }
 
 /// Starts the agent as a child process; returns its pid.
-pub fn spawn_agent(port: u32, token_file: &Path) -> std::io::Result<u32> {
-    let child = Command::new("/proc/self/exe")
+pub fn spawn_agent(port: u32, token_file: &Path, unix: Option<&str>) -> std::io::Result<u32> {
+    let mut cmd = Command::new("/proc/self/exe");
+    if let Some(path) = unix {
+        cmd.arg("--unix").arg(path);
+    }
+    let child = cmd
         .arg0("flick-agent")
         .arg("--vsock-port")
         .arg(port.to_string())
@@ -147,7 +151,7 @@ pub fn main() -> ! {
                     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
                     f.write_all(token.as_bytes())
                 });
-            match written.and_then(|()| spawn_agent(opts.port, token_file)) {
+            match written.and_then(|()| spawn_agent(opts.port, token_file, opts.unix.as_deref())) {
                 Ok(pid) => agent_pid = Some(pid),
                 Err(e) => log(&format!("starting the agent: {e}")),
             }
@@ -164,7 +168,7 @@ pub fn main() -> ! {
             log(&format!("{init} does not exist; staying PID 1"));
         }
     }
-    pid1_loop(agent_pid, opts.port, token_file)
+    pid1_loop(agent_pid, &opts, token_file)
 }
 
 fn signal_set(signals: &[i32]) -> libc::sigset_t {
@@ -193,7 +197,7 @@ fn reap_all() -> Vec<i32> {
     }
 }
 
-fn pid1_loop(mut agent_pid: Option<u32>, port: u32, token_file: &Path) -> ! {
+fn pid1_loop(mut agent_pid: Option<u32>, opts: &BootOptions, token_file: &Path) -> ! {
     // Ctrl+Alt+Del becomes SIGINT to PID 1 instead of an immediate reboot.
     let _ = rustix::system::reboot(rustix::system::RebootCommand::CadOff);
     let handled = [
@@ -228,7 +232,7 @@ fn pid1_loop(mut agent_pid: Option<u32>, port: u32, token_file: &Path) -> ! {
             && Instant::now() >= at
         {
             restart_at = None;
-            match spawn_agent(port, token_file) {
+            match spawn_agent(opts.port, token_file, opts.unix.as_deref()) {
                 Ok(pid) => agent_pid = Some(pid),
                 Err(e) => log(&format!("restarting the agent: {e}")),
             }

@@ -204,8 +204,19 @@ async fn start(conn: &mut Conn, req: ExecRequest) -> Result<u32> {
             "argv must not be empty",
         ));
     }
-    conn.send(&Message::Request(Request::Exec(req)), "starting an exec")
-        .await?;
+    let msg = Message::Request(Request::Exec(req));
+    let encoded = msg.encode();
+    if encoded.len() - flick_proto::HEADER_LEN > flick_proto::MAX_PAYLOAD {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the exec request is {} bytes; argv and env must fit in {} bytes",
+                encoded.len(),
+                flick_proto::MAX_PAYLOAD
+            ),
+        ));
+    }
+    conn.send(&msg, "starting an exec").await?;
     match conn.response("starting an exec").await? {
         Response::ExecStarted { pid } => Ok(pid),
         other => Err(protocol_error(format!("unexpected response {other:?}"))),

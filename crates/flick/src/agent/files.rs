@@ -3,7 +3,10 @@
 
 use super::{AgentClient, Conn, agent_error, io_error, protocol_error, read_error};
 use crate::error::{Error, ErrorCode, Result};
-use flick_proto::{CHUNK_SIZE, DataEnd, FileKind, Kind, Message, Request, Response, UploadRequest};
+use flick_proto::{
+    CHUNK_SIZE, DataEnd, FileKind, Kind, Message, Request, Response, TRANSFER_CHUNK_SIZE,
+    UploadRequest,
+};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -20,6 +23,16 @@ pub struct UploadOptions {
     pub gid: Option<u32>,
     /// Create missing parent directories.
     pub mkdirs: bool,
+    /// Check only the size, not the SHA-256 (faster on slow CPUs; the temp-file-and-rename
+    /// guarantee stays).
+    pub skip_checksum: bool,
+}
+
+/// Options of a download.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DownloadOptions {
+    /// Check only the size, not the SHA-256.
+    pub skip_checksum: bool,
 }
 
 /// Size and SHA-256 of a completed, verified transfer.
@@ -27,7 +40,7 @@ pub struct UploadOptions {
 pub struct TransferResult {
     /// Bytes transferred.
     pub size: u64,
-    /// Lowercase hex SHA-256.
+    /// Lowercase hex SHA-256 (empty when the checksum was skipped).
     pub sha256: String,
 }
 
@@ -41,6 +54,7 @@ async fn upload_on<R: AsyncRead + Unpin>(
     req: UploadRequest,
 ) -> Result<TransferResult> {
     let path = req.path.clone();
+    let checksum = !req.skip_checksum;
     conn.send(
         &Message::Request(Request::Upload(req)),
         "starting an upload",
@@ -60,14 +74,20 @@ async fn upload_on<R: AsyncRead + Unpin>(
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        if checksum {
+            hasher.update(&buf[..n]);
+        }
         size += n as u64;
         conn.wr
             .send_data(Kind::Data, &buf[..n])
             .await
             .map_err(|e| io_error("uploading", e))?;
     }
-    let sha256 = hex::encode(hasher.finalize());
+    let sha256 = if checksum {
+        hex::encode(hasher.finalize())
+    } else {
+        String::new()
+    };
     conn.send(
         &Message::DataEnd(DataEnd {
             size,
@@ -86,13 +106,181 @@ async fn upload_on<R: AsyncRead + Unpin>(
     }
 }
 
-async fn download_on<W: AsyncWrite + Unpin>(
+/// Uploads chunks produced (and hashed) by a blocking reader thread.
+async fn upload_chunks(
+    conn: &mut Conn,
+    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    reader: tokio::task::JoinHandle<Option<(u64, String)>>,
+    req: UploadRequest,
+    local: &Path,
+) -> Result<TransferResult> {
+    let path = req.path.clone();
+    conn.send(
+        &Message::Request(Request::Upload(req)),
+        "starting an upload",
+    )
+    .await?;
+    match conn.response("starting an upload").await? {
+        Response::Ok => {}
+        other => return Err(protocol_error(format!("unexpected response {other:?}"))),
+    }
+    while let Some(chunk) = rx.recv().await {
+        let data = chunk.map_err(|e| local_io("read", local, e))?;
+        conn.wr
+            .send_data(Kind::Data, &data)
+            .await
+            .map_err(|e| io_error("uploading", e))?;
+    }
+    let (size, sha256) =
+        reader.await.ok().flatten().ok_or_else(|| {
+            Error::new(ErrorCode::IoError, format!("reading {}", local.display()))
+        })?;
+    conn.send(
+        &Message::DataEnd(DataEnd {
+            size,
+            sha256: sha256.clone(),
+        }),
+        "finishing an upload",
+    )
+    .await?;
+    match conn.response("finishing an upload").await? {
+        Response::Uploaded { size: s, sha256: h } if s == size && h == sha256 => {
+            Ok(TransferResult { size, sha256 })
+        }
+        other => Err(protocol_error(format!(
+            "upload of {path}: unexpected answer {other:?}"
+        ))),
+    }
+}
+
+fn read_chunks(
+    mut file: std::fs::File,
+    checksum: bool,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
+) -> Option<(u64, String)> {
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        let mut buf = vec![0u8; TRANSFER_CHUNK_SIZE];
+        let n = match file.read(&mut buf) {
+            Ok(0) => {
+                let digest = if checksum {
+                    hex::encode(hasher.finalize())
+                } else {
+                    String::new()
+                };
+                return Some((size, digest));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return None;
+            }
+        };
+        buf.truncate(n);
+        if checksum {
+            hasher.update(&buf);
+        }
+        size += n as u64;
+        if tx.blocking_send(Ok(buf)).is_err() {
+            return None;
+        }
+    }
+}
+
+/// Where downloaded bytes go; computes size and SHA-256 of what it received.
+trait ChunkSink {
+    async fn put(&mut self, data: Vec<u8>) -> std::io::Result<()>;
+    async fn finish(self) -> std::io::Result<(u64, String)>;
+}
+
+/// Writes into an async writer, hashing inline.
+struct HashingWriter<'a, W> {
+    writer: &'a mut W,
+    hasher: Option<Sha256>,
+    size: u64,
+}
+
+impl<W: AsyncWrite + Unpin> ChunkSink for HashingWriter<'_, W> {
+    async fn put(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+        if let Some(h) = &mut self.hasher {
+            h.update(&data);
+        }
+        self.size += data.len() as u64;
+        self.writer.write_all(&data).await
+    }
+
+    async fn finish(self) -> std::io::Result<(u64, String)> {
+        self.writer.flush().await?;
+        Ok((
+            self.size,
+            self.hasher
+                .map(|h| hex::encode(h.finalize()))
+                .unwrap_or_default(),
+        ))
+    }
+}
+
+/// Hashes and writes a file on a blocking thread, in parallel with reading the socket.
+struct FileSink {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    handle: tokio::task::JoinHandle<std::io::Result<(u64, String)>>,
+}
+
+impl FileSink {
+    fn new(mut file: std::fs::File, checksum: bool) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let handle = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            while let Some(data) = rx.blocking_recv() {
+                if checksum {
+                    hasher.update(&data);
+                }
+                size += data.len() as u64;
+                file.write_all(&data)?;
+            }
+            file.flush()?;
+            let digest = if checksum {
+                hex::encode(hasher.finalize())
+            } else {
+                String::new()
+            };
+            Ok((size, digest))
+        });
+        Self { tx, handle }
+    }
+}
+
+impl ChunkSink for FileSink {
+    async fn put(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+        if self.tx.send(data).await.is_err() {
+            // The writer stopped on an error; `finish` reports it.
+            return Err(std::io::Error::other("the file writer stopped"));
+        }
+        Ok(())
+    }
+
+    async fn finish(self) -> std::io::Result<(u64, String)> {
+        drop(self.tx);
+        self.handle
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+}
+
+async fn download_on<S: ChunkSink>(
     conn: &mut Conn,
     remote: &str,
-    writer: &mut W,
+    mut sink: S,
+    checksum: bool,
 ) -> Result<(TransferResult, u32)> {
     let req = Request::Download {
         path: remote.to_owned(),
+        skip_checksum: !checksum,
     };
     conn.send(&Message::Request(req), "starting a download")
         .await?;
@@ -100,8 +288,14 @@ async fn download_on<W: AsyncWrite + Unpin>(
         Response::DownloadStarted { mode, .. } => mode,
         other => return Err(protocol_error(format!("unexpected response {other:?}"))),
     };
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
+    let write_err = |e: std::io::Error| {
+        Error::new(
+            ErrorCode::IoError,
+            format!("writing the download of {remote}"),
+        )
+        .with_source(e)
+    };
+    let mut sink_failed: Option<std::io::Error> = None;
     loop {
         let msg = match conn.rd.read_frame().await {
             Ok(Some(m)) => m,
@@ -115,18 +309,19 @@ async fn download_on<W: AsyncWrite + Unpin>(
         };
         match msg {
             Message::Data(data) => {
-                hasher.update(&data);
-                size += data.len() as u64;
-                writer.write_all(&data).await.map_err(|e| {
-                    Error::new(
-                        ErrorCode::IoError,
-                        format!("writing the download of {remote}"),
-                    )
-                    .with_source(e)
-                })?;
+                // Keep reading to the end of the stream so the connection stays usable.
+                if sink_failed.is_none()
+                    && let Err(e) = sink.put(data).await
+                {
+                    sink_failed = Some(e);
+                }
             }
             Message::DataEnd(end) => {
-                let sha256 = hex::encode(hasher.finalize());
+                let finished = sink.finish().await;
+                if let Some(e) = sink_failed {
+                    return Err(write_err(finished.err().unwrap_or(e)));
+                }
+                let (size, sha256) = finished.map_err(write_err)?;
                 if end.size != size || end.sha256 != sha256 {
                     return Err(Error::new(
                         ErrorCode::AgentProtocolError,
@@ -137,13 +332,6 @@ async fn download_on<W: AsyncWrite + Unpin>(
                         ),
                     ));
                 }
-                writer.flush().await.map_err(|e| {
-                    Error::new(
-                        ErrorCode::IoError,
-                        format!("writing the download of {remote}"),
-                    )
-                    .with_source(e)
-                })?;
                 return Ok((TransferResult { size, sha256 }, mode));
             }
             Message::Error(body) => return Err(agent_error(body)),
@@ -172,6 +360,7 @@ impl AgentClient {
             uid: opts.uid,
             gid: opts.gid,
             mkdirs: opts.mkdirs,
+            skip_checksum: opts.skip_checksum,
         };
         let (mut conn, _) = self.checkout().await?;
         let result = upload_on(&mut conn, reader, req).await;
@@ -188,22 +377,31 @@ impl AgentClient {
         remote: &str,
         opts: &UploadOptions,
     ) -> Result<TransferResult> {
-        let mut file = tokio::fs::File::open(local)
-            .await
-            .map_err(|e| local_io("open", local, e))?;
-        let meta = file
-            .metadata()
-            .await
-            .map_err(|e| local_io("stat", local, e))?;
+        let file = std::fs::File::open(local).map_err(|e| local_io("open", local, e))?;
+        let meta = file.metadata().map_err(|e| local_io("stat", local, e))?;
         if meta.is_dir() {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
                 format!("{} is a directory (use upload_dir)", local.display()),
             ));
         }
-        let mut opts = opts.clone();
-        opts.mode = opts.mode.or(Some(meta.permissions().mode() & 0o7777));
-        self.upload_reader(&mut file, remote, &opts).await
+        let req = UploadRequest {
+            path: remote.to_owned(),
+            mode: opts.mode.or(Some(meta.permissions().mode() & 0o7777)),
+            uid: opts.uid,
+            gid: opts.gid,
+            mkdirs: opts.mkdirs,
+            skip_checksum: opts.skip_checksum,
+        };
+        let checksum = !opts.skip_checksum;
+        let (mut conn, _) = self.checkout().await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let reader = tokio::task::spawn_blocking(move || read_chunks(file, checksum, &tx));
+        let result = upload_chunks(&mut conn, rx, reader, req, local).await;
+        if result.is_ok() {
+            self.give_back(conn);
+        }
+        result
     }
 
     /// Streams the guest file `remote` into `writer`, checking its SHA-256.
@@ -213,7 +411,12 @@ impl AgentClient {
         writer: &mut W,
     ) -> Result<TransferResult> {
         let (mut conn, _) = self.checkout().await?;
-        let result = download_on(&mut conn, remote, writer).await;
+        let sink = HashingWriter {
+            writer,
+            hasher: Some(Sha256::new()),
+            size: 0,
+        };
+        let result = download_on(&mut conn, remote, sink, true).await;
         match result {
             Ok((r, _)) => {
                 self.give_back(conn);
@@ -226,6 +429,17 @@ impl AgentClient {
     /// Downloads a guest file to `local` (temp file in the same directory, renamed into place
     /// after the checksum matched; the guest file's permission bits are kept).
     pub async fn download(&self, remote: &str, local: &Path) -> Result<TransferResult> {
+        self.download_with(remote, local, DownloadOptions::default())
+            .await
+    }
+
+    /// [`AgentClient::download`] with options.
+    pub async fn download_with(
+        &self,
+        remote: &str,
+        local: &Path,
+        opts: DownloadOptions,
+    ) -> Result<TransferResult> {
         let parent = local
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -235,14 +449,22 @@ impl AgentClient {
             .tempfile_in(parent)
             .map_err(|e| local_io("create a temp file in", parent, e))?;
         let (tmp_file, tmp_path) = tmp.into_parts();
-        let mut file = tokio::fs::File::from_std(tmp_file);
+        let perms_handle = tmp_file
+            .try_clone()
+            .map_err(|e| local_io("open", &tmp_path, e))?;
         let (mut conn, _) = self.checkout().await?;
-        let (result, mode) = download_on(&mut conn, remote, &mut file).await?;
+        let (result, mode) = download_on(
+            &mut conn,
+            remote,
+            FileSink::new(tmp_file, !opts.skip_checksum),
+            !opts.skip_checksum,
+        )
+        .await?;
         self.give_back(conn);
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .await
+        perms_handle
+            .set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(|e| local_io("chmod", local, e))?;
-        drop(file);
+        drop(perms_handle);
         tmp_path
             .persist(local)
             .map_err(|e| local_io("rename into", local, e.error))?;

@@ -13,6 +13,30 @@
 //! ([`ErrorCode::AgentAuthFailed`]), no answer in time ([`ErrorCode::AgentTimeout`]), broken
 //! protocol ([`ErrorCode::AgentProtocolError`]) or a failure the agent reported
 //! ([`ErrorCode::AgentError`], whose details carry the agent's own code and errno).
+//!
+//! ```no_run
+//! use flick::agent::{AgentClient, AgentTransport, ExecRequest, UploadOptions};
+//! use std::time::Duration;
+//!
+//! # async fn demo(uds: std::path::PathBuf, token: String) -> flick::Result<()> {
+//! let agent = AgentClient::connect(
+//!     AgentTransport::FirecrackerVsock { uds_path: uds, port: 1024 },
+//!     token,
+//!     Duration::from_secs(10),
+//! )
+//! .await?;
+//! let out = agent
+//!     .output(ExecRequest { argv: vec!["uname".into(), "-a".into()], ..Default::default() })
+//!     .await?;
+//! assert_eq!(out.status.code, Some(0));
+//! agent
+//!     .upload(std::path::Path::new("app.tar"), "/root/app.tar", &UploadOptions::default())
+//!     .await?;
+//! let mut shell = agent.shell(vec!["/bin/sh".into(), "-i".into()], 24, 80).await?;
+//! shell.resize(40, 120).await?;
+//! agent.sync_clock().await?;
+//! # Ok(()) }
+//! ```
 
 mod exec;
 mod files;
@@ -20,7 +44,7 @@ mod transport;
 mod wire;
 
 pub use exec::{ExecEvent, ExecEvents, ExecInput, ExecOutput, ExecSession};
-pub use files::{TransferResult, UploadOptions};
+pub use files::{DownloadOptions, TransferResult, UploadOptions};
 pub use flick_proto::{ExecRequest, ExitStatus, FileInfo, FileKind, ShutdownAction, WinSize};
 pub use transport::{AgentTransport, firecracker_connect};
 

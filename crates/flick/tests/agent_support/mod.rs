@@ -17,16 +17,33 @@ pub fn agent_bin() -> PathBuf {
         if let Some(p) = std::env::var_os("FLICK_AGENT_BIN") {
             return PathBuf::from(p);
         }
+        // target/<profile>/deps/<test> -> target/<profile>/flick-agent, built with that profile.
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let profile = profile_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "flick-agent", "--bin", "flick-agent"])
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "flick-agent", "--bin", "flick-agent"]);
+        if profile != "debug" {
+            cmd.args([
+                "--profile",
+                if profile == "release" {
+                    "release"
+                } else {
+                    &profile
+                },
+            ]);
+        }
+        let status = cmd
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build -p flick-agent");
         assert!(status.success(), "cargo build -p flick-agent failed");
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/<test> -> target/<profile>/flick-agent
-        let bin = exe.parent().unwrap().parent().unwrap().join("flick-agent");
+        let bin = profile_dir.join("flick-agent");
         assert!(bin.is_file(), "{} missing after build", bin.display());
         bin
     })
