@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential pkg-config ca-certificates git curl
-  iproute2 nftables util-linux procps psmisc file
+  iproute2 nftables util-linux mount procps psmisc file coreutils gzip libc-bin
   e2fsprogs squashfs-tools cpio
   socat dnsmasq docker-registry wireguard-tools hyperfine
 )

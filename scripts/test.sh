@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export CI="${CI:-true}"   # insta: never write .snap.new files, fail on any mismatch
 cargo build --workspace --all-targets --quiet
+# The fuzz targets (their own workspace under fuzz/) must keep building; without a sanitizer
+# this works on the stable toolchain.
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
+(cd fuzz && cargo fuzz build -s none)
 cargo test --workspace --all-targets --no-fail-fast
 # Doctests (not part of --all-targets).
 cargo test --workspace --doc --quiet
