@@ -52,7 +52,7 @@ impl Default for ClientOptions {
         Self {
             request_timeout: Duration::from_secs(10),
             snapshot_timeout: Duration::from_secs(300),
-            poll_interval: Duration::from_millis(5),
+            poll_interval: Duration::from_millis(1),
         }
     }
 }
