@@ -93,7 +93,7 @@ fn start_vs_raw(rt: &tokio::runtime::Runtime, dir: &Path, kernel: &Path, rootfs:
             .spawn()
             .unwrap();
         while !socket.exists() {
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
         let mut conn = Raw::connect(&socket);
         conn.send("GET", "/", None);
