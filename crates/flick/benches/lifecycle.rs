@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flick::config::{Drive, VmConfig};
-use flick::host::{FirecrackerBinary, Host, HostOptions};
+use flick::host::{FirecrackerBinary, Host, HostOptions, ViewMode};
 use flick::runtime::staging::stage_file;
 
 fn main() {
@@ -42,12 +42,17 @@ fn main() {
 }
 
 fn host(dir: &Path, name: &str) -> Host {
+    host_with_view(dir, name, ViewMode::Auto)
+}
+
+fn host_with_view(dir: &Path, name: &str, view: ViewMode) -> Host {
     let mut options = HostOptions::new(
         dir.join(format!("{name}-data")),
         FirecrackerBinary::Path(flick_testkit::fc_double_path()),
     );
     options.runtime_dir = Some(dir.join(format!("{name}-runtime")));
     options.stop_grace = Duration::from_millis(500);
+    options.view = view;
     Host::new(options).unwrap()
 }
 
@@ -67,12 +72,14 @@ fn median(v: &mut [Duration]) -> Duration {
 fn start_vs_raw(rt: &tokio::runtime::Runtime, dir: &Path, kernel: &Path, rootfs: &Path) {
     const N: usize = 40;
     let host = host(dir, "start");
+    let host_off = host_with_view(dir, "start-noview", ViewMode::Off);
     let cfg = config(kernel, rootfs);
     // The exact sequence flick sends, replayed raw.
     let calls = cfg.to_payloads().unwrap().requests();
     let serial = dir.join("raw-serial.log");
     let mut flick_t = Vec::new();
     let mut raw_t = Vec::new();
+    let mut off_t = Vec::new();
     for i in 0..N {
         let id = format!("b{i}");
         let t = Instant::now();
@@ -80,6 +87,12 @@ fn start_vs_raw(rt: &tokio::runtime::Runtime, dir: &Path, kernel: &Path, rootfs:
         rt.block_on(vm.start()).unwrap();
         flick_t.push(t.elapsed());
         rt.block_on(host.remove_vm(&id)).unwrap();
+
+        let t = Instant::now();
+        let vm = rt.block_on(host_off.create_vm(&id, cfg.clone())).unwrap();
+        rt.block_on(vm.start()).unwrap();
+        off_t.push(t.elapsed());
+        rt.block_on(host_off.remove_vm(&id)).unwrap();
 
         let socket = dir.join(format!("raw{i}.sock"));
         let t = Instant::now();
@@ -118,6 +131,7 @@ fn start_vs_raw(rt: &tokio::runtime::Runtime, dir: &Path, kernel: &Path, rootfs:
     }
     let f = median(&mut flick_t);
     let r = median(&mut raw_t);
+    let o = median(&mut off_t);
     println!("== start() up to InstanceStart accepted (median of {N}, process spawn included)");
     println!(
         "flick Host::create_vm + start : {:>8.2} ms",
