@@ -266,11 +266,13 @@ fn check_tmpfs(runtime_dir: &Path) -> Check {
 }
 
 fn check_firecracker(data_dir: &Path) -> Check {
+    // `<data>/bin/<version>/<arch>/firecracker`, as the artifact cache lays binaries out.
+    let arch = std::env::consts::ARCH;
     let cached = std::fs::read_dir(data_dir.join("bin"))
         .into_iter()
         .flatten()
         .flatten()
-        .map(|e| e.path().join("firecracker"))
+        .map(|e| e.path().join(arch).join("firecracker"))
         .find(|p| is_executable(p));
     match cached.or_else(|| find_executable("firecracker")) {
         Some(path) => Check::new(
@@ -339,7 +341,7 @@ mod tests {
     fn a_cached_binary_is_found() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin/v1.16.1");
+        let bin = dir.path().join("bin/v1.16.1").join(std::env::consts::ARCH);
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::write(bin.join("firecracker"), "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(
@@ -349,6 +351,6 @@ mod tests {
         .unwrap();
         let check = check_firecracker(dir.path());
         assert_eq!(check.status, CheckStatus::Ok);
-        assert!(check.detail.contains("v1.16.1/firecracker"));
+        assert!(check.detail.contains("v1.16.1/"), "{}", check.detail);
     }
 }
