@@ -24,6 +24,10 @@ use crate::api::models::{self, MemoryBackend, MemoryBackendType, NetworkOverride
 use crate::api::{ClientOptions, FirecrackerClient};
 use crate::config::{DriveUpdate, VmConfig};
 use crate::error::{Error, ErrorCode, Result};
+use crate::image::cache::{BaseImageCache, BaseImagePreset, CacheOptions, EnsureOptions, Ensured};
+use crate::image::{
+    Arch, BinaryManager, DataDirs, Downloader, Endpoints, NoProgress, Progress, VersionSpec,
+};
 use crate::runtime::staging::{allocated_bytes, stage_file};
 use crate::runtime::{RuntimeDir, default_runtime_root};
 use crate::vm::microvm::{
@@ -33,11 +37,18 @@ use crate::vm::snapshot::Snapshot;
 use crate::vm::{MicroVm, VmState};
 
 /// Which Firecracker binary to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FirecrackerBinary {
     /// An explicit binary, used as is after checking it exists and is executable.
     Path(PathBuf),
+    /// A Firecracker release, downloaded, verified and cached under the data dir on first use
+    /// (see [`crate::image::firecracker`]).
+    Release {
+        /// `Latest` or a pinned version.
+        version: VersionSpec,
+        /// Architecture (default: the host's).
+        arch: Option<Arch>,
+    },
 }
 
 /// Whether Firecracker runs in a private mount namespace showing its runtime dir at a fixed
@@ -78,6 +89,8 @@ pub struct HostOptions {
     pub firecracker_env: Vec<(OsString, OsString)>,
     /// Extra arguments for every Firecracker process.
     pub firecracker_args: Vec<OsString>,
+    /// Where releases, the CI bucket and release downloads are fetched from.
+    pub endpoints: Endpoints,
 }
 
 impl HostOptions {
@@ -94,6 +107,7 @@ impl HostOptions {
             client: ClientOptions::default(),
             firecracker_env: Vec::new(),
             firecracker_args: Vec::new(),
+            endpoints: Endpoints::default(),
         }
     }
 }
@@ -125,6 +139,8 @@ pub struct Host {
     runtime_root: PathBuf,
     view_dir: Option<PathBuf>,
     vms: Mutex<BTreeMap<String, Arc<MicroVm>>>,
+    // The resolved binary, so `latest` is asked for once per host, not once per VM.
+    binary: tokio::sync::OnceCell<PathBuf>,
 }
 
 impl Host {
@@ -172,6 +188,7 @@ impl Host {
             runtime_root,
             view_dir,
             vms: Mutex::new(BTreeMap::new()),
+            binary: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -187,24 +204,60 @@ impl Host {
         &self.options
     }
 
-    /// The Firecracker binary to run, checked.
+    /// The Firecracker binary to run: an explicit path is checked; a release is downloaded,
+    /// verified and cached on first use (once per host).
     ///
     /// # Errors
-    /// [`ErrorCode::BinaryNotFound`] when it is missing or not executable.
+    /// [`ErrorCode::BinaryNotFound`] when a path is missing or not executable; for releases,
+    /// `VERSION_FETCH_FAILED`, `DOWNLOAD_FAILED` and the other artifact codes.
     pub async fn ensure_binary(&self) -> Result<PathBuf> {
-        match &self.options.firecracker {
-            FirecrackerBinary::Path(path) => {
-                if crate::doctor::is_executable(path) {
-                    Ok(path.clone())
-                } else {
-                    Err(Error::new(
-                        ErrorCode::BinaryNotFound,
-                        format!("{} is missing or not executable", path.display()),
-                    )
-                    .with_details(json!({ "path": path })))
+        self.ensure_binary_with_progress(&NoProgress).await
+    }
+
+    /// [`ensure_binary`](Self::ensure_binary) reporting download progress.
+    ///
+    /// # Errors
+    /// As [`ensure_binary`](Self::ensure_binary).
+    pub async fn ensure_binary_with_progress(&self, progress: &dyn Progress) -> Result<PathBuf> {
+        self.binary
+            .get_or_try_init(|| async {
+                match &self.options.firecracker {
+                    FirecrackerBinary::Path(path) => {
+                        BinaryManager::custom(path, None).map(|b| b.firecracker)
+                    }
+                    FirecrackerBinary::Release { version, arch } => {
+                        let manager = BinaryManager::new(
+                            DataDirs::new(&self.options.data_dir),
+                            self.options.endpoints.clone(),
+                            Downloader::new()?,
+                        );
+                        Ok(manager
+                            .ensure(version, *arch, false, progress)
+                            .await?
+                            .firecracker)
+                    }
                 }
-            }
-        }
+            })
+            .await
+            .cloned()
+    }
+
+    /// A kernel and root filesystem from a base-image preset (Firecracker's CI images or a
+    /// hosted manifest), downloaded, verified and cached under `<data>/base-images`.
+    ///
+    /// # Errors
+    /// The artifact codes: `BASE_IMAGE_RESOLVE_FAILED`, `BASE_IMAGE_MANIFEST_FAILED`,
+    /// `INVALID_BASE_IMAGE_MANIFEST`, `DOWNLOAD_FAILED`, `BASE_IMAGE_PREPARE_FAILED`, ...
+    pub async fn ensure_base_image(
+        &self,
+        preset: &BaseImagePreset,
+        progress: &dyn Progress,
+    ) -> Result<Ensured> {
+        let mut options = CacheOptions::new(&DataDirs::new(&self.options.data_dir));
+        options.endpoints = self.options.endpoints.clone();
+        BaseImageCache::new(options, Downloader::new()?)?
+            .ensure(preset, EnsureOptions::default(), progress)
+            .await
     }
 
     async fn vm_options(&self) -> Result<VmRuntimeOptions> {
