@@ -58,7 +58,7 @@ fn far_peer(t: &Topology) -> Peers {
 
 impl Drop for Peers {
     fn drop(&mut self) {
-        let _ = wireguard::stop_userspace_tunnel(self.far.0, self.far.1);
+        let _ = wireguard::stop_userspace_tunnel(&self.far_name, self.far.0, self.far.1);
     }
 }
 
@@ -126,7 +126,7 @@ fn managed_userspace_tunnel_carries_guest_traffic_and_fails_closed() {
         assert!(table.contains("blackhole default"), "{table}");
 
         // the tunnel dies (helper gone): guest traffic is dropped, never leaked to the uplink
-        wireguard::stop_userspace_tunnel(pid, start_time).unwrap();
+        wireguard::stop_userspace_tunnel(&near_name, pid, start_time).unwrap();
         assert!(!t.host.ip("link show").contains(&near_name), "tunnel gone");
         assert_eq!(g.run(|| tcp_probe(INTERNET, 80)), None, "fail closed");
         assert!(!g.run(|| icmp_probe(INTERNET)), "fail closed (ICMP)");
@@ -207,7 +207,106 @@ fn existing_interface_is_used_and_never_deleted() {
         before,
         "only flick's routes, rules and nft objects removed"
     );
-    wireguard::stop_userspace_tunnel(pid, start_time).unwrap();
+    wireguard::stop_userspace_tunnel(&own, pid, start_time).unwrap();
     assert!(!t.host.ip("link show").contains(&own));
+    assert!(!wireguard::uapi_socket(&own).exists());
     drop(peers);
+}
+
+#[test]
+fn kernel_backend_is_used_only_when_the_kernel_has_it() {
+    let t = Topology::new();
+    let peers = far_peer(&t);
+    let before = t.host.listing();
+    let kernel_has_wireguard = std::path::Path::new("/sys/module/wireguard").exists();
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        let ready = t.host.listing();
+        let cfg = WireguardConfig {
+            mode: WireguardMode::Managed {
+                config: peers.near_config.clone(),
+                interface: Some(unique("wgk")),
+            },
+            backend: wireguard::BackendChoice::Kernel,
+            ..WireguardConfig::managed("")
+        };
+        let r = wireguard::enable(&mut net, &cfg).await;
+        if kernel_has_wireguard {
+            r.unwrap();
+            assert_eq!(
+                net.state().wireguard.as_ref().unwrap().managed,
+                Some(TunnelBackend::Kernel)
+            );
+            wireguard::disable(&mut net).await.unwrap();
+        } else {
+            let e = r.unwrap_err();
+            assert_eq!(e.code(), flick::ErrorCode::WireguardSetupFailed, "{e:?}");
+            assert!(net.state().wireguard.is_none());
+        }
+        assert_eq!(t.host.listing(), ready, "nothing left behind");
+        net.teardown().await.unwrap();
+    });
+    assert_eq!(t.host.listing(), before);
+}
+
+#[test]
+fn tunnel_outlives_its_manager_and_a_restored_manager_removes_it() {
+    let t = Topology::new();
+    let peers = far_peer(&t);
+    let before = t.host.listing();
+    let (g, dev) = t.guest();
+    let name = unique("wgr");
+    let state = t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        let i = net
+            .add_vm(VmRequest {
+                vm_id: "wg-restore".into(),
+                host_device: Some(dev.clone()),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+        configure_guest(&g, &i.lease);
+        let cfg = WireguardConfig {
+            mode: WireguardMode::Managed {
+                config: peers.near_config.clone(),
+                interface: Some(name.clone()),
+            },
+            helper: Some(helper()),
+            ..WireguardConfig::managed("")
+        };
+        wireguard::enable(&mut net, &cfg).await.unwrap();
+        serde_json::to_string(net.state()).unwrap()
+        // `net` is dropped here without cleanup, like a CLI that exits
+    });
+    let restored: flick::net::NetworkState = serde_json::from_str(&state).unwrap();
+    let Some(TunnelBackend::Userspace { pid, .. }) = restored.wireguard.as_ref().unwrap().managed
+    else {
+        panic!("userspace expected")
+    };
+    let p = rustix::process::Pid::from_raw(pid.cast_signed()).unwrap();
+    assert_eq!(
+        rustix::process::getsid(Some(p)).unwrap(),
+        p,
+        "the helper leads its own session, detached from its creator"
+    );
+    assert_eq!(
+        g.run(|| tcp_probe(INTERNET, 80)).as_deref(),
+        Some(TUNNEL_NEAR),
+        "tunnel still carries traffic after its manager is gone"
+    );
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::restore(Netlink::connect().unwrap(), restored).unwrap();
+        net.teardown().await.unwrap();
+    });
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "helper stopped"
+    );
+    t.host.ip(&format!("link del {dev}"));
+    assert_eq!(t.host.listing(), before);
 }

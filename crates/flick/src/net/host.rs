@@ -535,6 +535,33 @@ impl<K: NetKernel> HostNetwork<K> {
         first
     }
 
+    /// Replaces one VM's egress policy (one transaction per interface; its chain is flushed and
+    /// refilled, nothing else changes).
+    pub async fn set_vm_policy(&mut self, vm_id: &str, policy: EgressPolicy) -> Result<()> {
+        let compiled = policy.compile()?;
+        let Some(vm) = self.state.vms.get(vm_id).cloned() else {
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!("VM {vm_id} has no network"),
+            ));
+        };
+        // A VM with several interfaces shares one chain; one batch covers all its elements.
+        for i in &vm.interfaces {
+            let rules = VmRules {
+                vm_id: vm_id.to_owned(),
+                guest_ip: i.lease.guest_ip,
+                policy: compiled.clone(),
+            };
+            self.kernel
+                .apply_nft(&nft::add_vm_batch(&self.state.config.table, &rules))
+                .await?;
+        }
+        if let Some(v) = self.state.vms.get_mut(vm_id) {
+            v.policy = policy;
+        }
+        Ok(())
+    }
+
     /// Unplugs every interface of a VM and removes exactly its egress rules. Unknown VMs are
     /// [`ErrorCode::NotFound`].
     pub async fn remove_vm(&mut self, vm_id: &str) -> Result<()> {
@@ -744,6 +771,46 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(i.lease.guest_ip, Ipv4Addr::new(172, 30, 0, 2));
+        });
+    }
+
+    #[test]
+    fn every_policy_change_is_one_nft_batch() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            net.add_vm(VmRequest {
+                vm_id: "a".into(),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+            let nft_calls =
+                |k: &RecordingKernel| k.calls.iter().filter(|c| matches!(c, Call::Nft(_))).count();
+            let before = nft_calls(net.kernel_mut());
+            let rules: Vec<String> = (0..1000)
+                .map(|i| format!(r#"{{"action":"deny","to":"10.0.{}.{}"}}"#, i / 250, i % 250))
+                .collect();
+            let big =
+                EgressPolicy::from_json(&format!(r#"{{"rules":[{}]}}"#, rules.join(","))).unwrap();
+            net.set_host_policy(big.clone()).await.unwrap();
+            assert_eq!(nft_calls(net.kernel_mut()), before + 1);
+            net.set_vm_policy("a", big).await.unwrap();
+            assert_eq!(nft_calls(net.kernel_mut()), before + 2);
+            let Call::Nft(last) = net.kernel_mut().calls.last().unwrap().clone() else {
+                panic!("nft batch expected")
+            };
+            // flush + re-add: replacing a VM's policy never appends a second copy
+            assert!(last.to_string().contains("\"flush\""));
+            assert_eq!(
+                net.set_vm_policy("nope", EgressPolicy::default())
+                    .await
+                    .unwrap_err()
+                    .code(),
+                ErrorCode::NotFound
+            );
         });
     }
 
