@@ -118,6 +118,13 @@ fn managed_userspace_tunnel_carries_guest_traffic_and_fails_closed() {
         );
         let rules = t.host.ip("rule");
         assert!(rules.contains("lookup 51820"), "{rules}");
+        // the helper speaks the standard UAPI: wireguard-tools can read it
+        let show = t.host.exec(&["wg", "show", &near_name]);
+        assert!(show.contains("latest handshake"), "{show}");
+        assert!(
+            show.contains(&format!("endpoint: {INTERNET}:51820")),
+            "{show}"
+        );
         let table = t.host.ip("route show table 51820");
         assert!(
             table.contains(&format!("default dev {near_name}")),
@@ -309,4 +316,60 @@ fn tunnel_outlives_its_manager_and_a_restored_manager_removes_it() {
     );
     t.host.ip(&format!("link del {dev}"));
     assert_eq!(t.host.listing(), before);
+}
+
+#[test]
+fn only_allowed_ips_use_the_tunnel_when_not_routing_all() {
+    let t = Topology::new();
+    let peers = far_peer(&t);
+    let before = t.host.listing();
+    let (g, dev) = t.guest();
+    let name = unique("wgs");
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        let i = net
+            .add_vm(VmRequest {
+                vm_id: "wg-split".into(),
+                host_device: Some(dev.clone()),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+        configure_guest(&g, &i.lease);
+        let cfg = WireguardConfig {
+            mode: WireguardMode::Managed {
+                config: peers
+                    .near_config
+                    .replace("AllowedIPs = 0.0.0.0/0", "AllowedIPs = 10.99.0.0/24"),
+                interface: Some(name.clone()),
+            },
+            route_all_vm_traffic: false,
+            helper: Some(helper()),
+            ..WireguardConfig::managed("")
+        };
+        wireguard::enable(&mut net, &cfg).await.unwrap();
+        let table = t.host.ip("route show table 51820");
+        assert!(
+            table.contains(&format!("10.99.0.0/24 dev {name}")),
+            "{table}"
+        );
+        assert!(!table.contains("default"), "{table}");
+        let far: std::net::Ipv4Addr = TUNNEL_FAR.parse().unwrap();
+        assert_eq!(
+            g.run(|| tcp_probe(far, 80)).as_deref(),
+            Some(TUNNEL_NEAR),
+            "AllowedIPs go through the tunnel"
+        );
+        assert_eq!(
+            g.run(|| tcp_probe(INTERNET, 80)).as_deref(),
+            Some("198.51.100.1"),
+            "everything else keeps the uplink"
+        );
+        net.teardown().await.unwrap();
+    });
+    t.host.ip(&format!("link del {dev}"));
+    assert_eq!(t.host.listing(), before);
+    assert!(!wireguard::uapi_socket(&name).exists());
 }
