@@ -359,11 +359,17 @@ impl<K: NetKernel> HostNetwork<K> {
                 out.push(VmRules {
                     vm_id: id.clone(),
                     guest_ip: i.lease.guest_ip,
+                    device: self.pinned_device(&i.host_device),
                     policy: policy.clone(),
                 });
             }
         }
         Ok(out)
+    }
+
+    /// The device a guest address is pinned to (isolation mode only).
+    fn pinned_device(&self, device: &str) -> Option<String> {
+        (self.state.config.mode == Mode::Isolated).then(|| device.to_owned())
     }
 
     pub(crate) async fn apply_full(&mut self) -> Result<()> {
@@ -495,6 +501,7 @@ impl<K: NetKernel> HostNetwork<K> {
         let rules = VmRules {
             vm_id: vm_id.to_owned(),
             guest_ip: lease.guest_ip,
+            device: self.pinned_device(device),
             policy: policy.clone(),
         };
         self.kernel
@@ -550,6 +557,7 @@ impl<K: NetKernel> HostNetwork<K> {
             let rules = VmRules {
                 vm_id: vm_id.to_owned(),
                 guest_ip: i.lease.guest_ip,
+                device: self.pinned_device(&i.host_device),
                 policy: compiled.clone(),
             };
             self.kernel
@@ -573,7 +581,13 @@ impl<K: NetKernel> HostNetwork<K> {
         };
         let mut first: Option<Error> = None;
         for i in &vm.interfaces {
-            let batch = nft::remove_vm_batch(&self.state.config.table, vm_id, i.lease.guest_ip);
+            let device = self.pinned_device(&i.host_device);
+            let batch = nft::remove_vm_batch(
+                &self.state.config.table,
+                vm_id,
+                i.lease.guest_ip,
+                device.as_deref(),
+            );
             if let Err(e) = self.kernel.apply_nft(&batch).await {
                 first.get_or_insert(e);
             }
