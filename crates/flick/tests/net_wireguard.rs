@@ -28,9 +28,10 @@ struct Peers {
 fn far_peer(t: &Topology) -> Peers {
     let near_key = Key::generate();
     let far_key = Key::generate();
+    let psk = Key::generate();
     let far_name = unique("wgf");
     let far_text = format!(
-        "[Interface]\nPrivateKey = {far_key}\nAddress = {TUNNEL_FAR}/24\nListenPort = 51820\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {TUNNEL_NEAR}/32\n",
+        "[Interface]\nPrivateKey = {far_key}\nAddress = {TUNNEL_FAR}/24\nListenPort = 51820\n\n[Peer]\nPublicKey = {}\nPresharedKey = {psk}\nAllowedIPs = {TUNNEL_NEAR}/32\n",
         near_key.public_key()
     );
     let spec = TunnelSpec {
@@ -46,7 +47,7 @@ fn far_peer(t: &Topology) -> Peers {
         panic!("userspace expected")
     };
     let near_config = format!(
-        "[Interface]\nPrivateKey = {near_key}\nAddress = {TUNNEL_NEAR}/32\nDNS = 9.9.9.9\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 0.0.0.0/0\nEndpoint = {INTERNET}:51820\nPersistentKeepalive = 1\n",
+        "[Interface]\nPrivateKey = {near_key}\nAddress = {TUNNEL_NEAR}/32\nMTU = 1380\nDNS = 9.9.9.9\n\n[Peer]\nPublicKey = {}\nPresharedKey = {psk}\nAllowedIPs = 0.0.0.0/0\nEndpoint = {INTERNET}:51820\nPersistentKeepalive = 1\n",
         far_key.public_key()
     );
     Peers {

@@ -15,10 +15,8 @@
 //! [`NetworkState`] is serializable so a short-lived CLI can persist it and a later process can
 //! [`HostNetwork::restore`] it.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::firewall::{CompiledPolicy, EgressPolicy};
 use super::kernel::NetKernel;
@@ -660,16 +658,11 @@ impl<K: NetKernel> HostNetwork<K> {
     }
 }
 
-/// The address a VM interface's guest uses, for callers that only need the boot argument.
-#[must_use]
-pub fn guest_boot_arg(iface: &VmInterface) -> (Ipv4Addr, String) {
-    (iface.lease.guest_ip, iface.boot_arg())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::net::kernel::{Call, RecordingKernel};
+    use std::net::Ipv4Addr;
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()

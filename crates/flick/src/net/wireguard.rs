@@ -146,13 +146,11 @@ fn parse_nets(line: usize, key: &str, v: &str) -> Result<Vec<Ipv4Net>> {
             ));
         }
         let net = if part.contains('/') {
-            Ipv4Net::from_str(part)
+            Ipv4Net::from_str(part).ok()
         } else {
-            Ipv4Addr::from_str(part)
-                .map(Ipv4Net::from)
-                .map_err(|_| Ipv4Net::from_str("x").expect_err("always an error"))
+            Ipv4Addr::from_str(part).ok().map(Ipv4Net::from)
         }
-        .map_err(|_| {
+        .ok_or_else(|| {
             bad(
                 line,
                 format!("{key} {part:?} is not an IPv4 address or CIDR"),
