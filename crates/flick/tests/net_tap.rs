@@ -101,6 +101,31 @@ fn cleanup_restores_links_addresses_rules_routes_and_ruleset() {
                 .await
                 .unwrap();
             }
+            // a second interface of one VM shares its chain; removing the VM removes both
+            let policy = EgressPolicy::from_json(
+                r#"{"rules":[{"action":"allow","protocol":"tcp","ports":[80,443]}],"default_action":"deny"}"#,
+            )
+            .unwrap();
+            let second = net
+                .add_vm(VmRequest {
+                    vm_id: "c0".into(),
+                    iface_id: "eth1".into(),
+                    policy: Some(policy),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(net.state().vms["c0"].interfaces.len(), 2);
+            assert_ne!(second.host_device, net.state().vms["c0"].interfaces[0].host_device);
+            let e = net
+                .add_vm(VmRequest {
+                    vm_id: "c0".into(),
+                    iface_id: "eth2".into(),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgument, "one policy per VM");
             assert_ne!(t.host.listing(), with_other);
             assert!(
                 t.host

@@ -578,17 +578,18 @@ impl<K: NetKernel> HostNetwork<K> {
             ));
         };
         let mut first: Option<Error> = None;
+        let pinned: Vec<(std::net::Ipv4Addr, Option<String>)> = vm
+            .interfaces
+            .iter()
+            .map(|i| (i.lease.guest_ip, self.pinned_device(&i.host_device)))
+            .collect();
+        let refs: Vec<(std::net::Ipv4Addr, Option<&str>)> =
+            pinned.iter().map(|(ip, d)| (*ip, d.as_deref())).collect();
+        let batch = nft::remove_vm_batch(&self.state.config.table, vm_id, &refs);
+        if let Err(e) = self.kernel.apply_nft(&batch).await {
+            first.get_or_insert(e);
+        }
         for i in &vm.interfaces {
-            let device = self.pinned_device(&i.host_device);
-            let batch = nft::remove_vm_batch(
-                &self.state.config.table,
-                vm_id,
-                i.lease.guest_ip,
-                device.as_deref(),
-            );
-            if let Err(e) = self.kernel.apply_nft(&batch).await {
-                first.get_or_insert(e);
-            }
             if let Some(e) = self.unplug(&i.lease, &i.host_device, i.created, None).await {
                 first.get_or_insert(e);
             }

@@ -387,27 +387,26 @@ pub fn add_vm_batch(table: &str, vm: &VmRules) -> Value {
     b.finish()
 }
 
-/// The batch that removes exactly one VM's map element, source element and chain.
+/// The batch that removes exactly one VM's map elements, source elements and chain, for all
+/// its interfaces (`(guest address, pinned device)` each) at once: the chain can only go after
+/// every element jumping to it.
 #[must_use]
-pub fn remove_vm_batch(
-    table: &str,
-    vm_id: &str,
-    guest_ip: Ipv4Addr,
-    device: Option<&str>,
-) -> Value {
+pub fn remove_vm_batch(table: &str, vm_id: &str, interfaces: &[(Ipv4Addr, Option<&str>)]) -> Value {
     let chain = vm_chain(vm_id);
     let mut b = Batch::new(table);
-    b.cmd(
-        "delete",
-        "element",
-        json!({ "name": VM_MAP, "elem": [guest_ip.to_string()] }),
-    );
-    if let Some(dev) = device {
+    for (ip, device) in interfaces {
         b.cmd(
             "delete",
             "element",
-            json!({ "name": VM_SOURCES, "elem": [source_elem(dev, guest_ip)] }),
+            json!({ "name": VM_MAP, "elem": [ip.to_string()] }),
         );
+        if let Some(dev) = device {
+            b.cmd(
+                "delete",
+                "element",
+                json!({ "name": VM_SOURCES, "elem": [source_elem(dev, *ip)] }),
+            );
+        }
     }
     b.cmd("flush", "chain", json!({ "name": chain }));
     b.cmd("delete", "chain", json!({ "name": chain }));
@@ -512,14 +511,13 @@ mod tests {
         let mut v = vm();
         v.policy.default_action = Some(Action::Deny);
         insta::assert_json_snapshot!(add_vm_batch("flick", &v));
-        insta::assert_json_snapshot!(remove_vm_batch("flick", &v.vm_id, v.guest_ip, None));
+        insta::assert_json_snapshot!(remove_vm_batch("flick", &v.vm_id, &[(v.guest_ip, None)]));
         v.device = Some("fltap0".into());
         insta::assert_json_snapshot!(add_vm_batch("flick", &v));
         insta::assert_json_snapshot!(remove_vm_batch(
             "flick",
             &v.vm_id,
-            v.guest_ip,
-            Some("fltap0")
+            &[(v.guest_ip, Some("fltap0"))]
         ));
     }
 
