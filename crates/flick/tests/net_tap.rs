@@ -336,3 +336,45 @@ fn bad_input_gets_its_code_and_changes_nothing() {
     });
     assert_eq!(t.host.listing(), before);
 }
+
+#[test]
+fn an_existing_bridge_is_used_and_kept() {
+    let t = Topology::new();
+    // an operator's bridge: fixed MAC and a port of its own (so its carrier and MAC do not
+    // depend on which TAPs come and go)
+    t.host
+        .ip("link add flbr0 address 02:aa:bb:cc:dd:ee type bridge");
+    t.host.ip("link add own0 type veth peer name own1");
+    t.host.ip("link set own1 up");
+    t.host.ip("link set own0 master flbr0 up");
+    t.host.ip("link set flbr0 up");
+    // let the operator's bridge settle (carrier, link-local address) before the snapshot
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(t.host.ip("link show flbr0").contains("state UP")
+        && t.host.ip("addr show flbr0").contains("inet6 fe80"))
+    {
+        assert!(std::time::Instant::now() < deadline, "bridge never came up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = t.host.listing();
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        assert!(!net.state().created_bridge);
+        assert!(net.state().added_gateway_address);
+        let i = net.add_vm(req("on-foreign-bridge")).await.unwrap();
+        assert!(
+            t.host
+                .ip(&format!("link show {}", i.host_device))
+                .contains("master flbr0")
+        );
+        net.teardown().await.unwrap();
+    });
+    assert!(t.host.ip("link show").contains("flbr0"), "bridge kept");
+    assert_eq!(
+        t.host.listing(),
+        before,
+        "only the gateway address and the TAP went away"
+    );
+}
