@@ -378,3 +378,31 @@ fn an_existing_bridge_is_used_and_kept() {
         "only the gateway address and the TAP went away"
     );
 }
+
+#[test]
+fn setup_after_a_crash_recognizes_its_own_bridge() {
+    let t = Topology::new();
+    let before = t.host.listing();
+    t.host.block_on(|| async {
+        let mut crashed = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        crashed.add_vm(req("lost")).await.unwrap();
+        let lost_tap = crashed.state().vms["lost"].interfaces[0]
+            .host_device
+            .clone();
+        drop(crashed); // state lost: no teardown
+
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        assert!(
+            net.state().created_bridge,
+            "flick's MAC marks the bridge as its own"
+        );
+        net.teardown().await.unwrap();
+        // the orphaned TAP is the only thing the lost state knew about
+        t.host.ip(&format!("link del {lost_tap}"));
+    });
+    assert_eq!(t.host.listing(), before);
+}

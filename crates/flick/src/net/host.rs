@@ -263,7 +263,14 @@ impl<K: NetKernel> HostNetwork<K> {
         if self.state.config.mode == Mode::Bridge {
             let name = self.state.config.bridge.clone();
             let index = match self.kernel.link_index(&name).await? {
-                Some(i) => i,
+                Some(i) => {
+                    // A bridge with flick's own MAC was created by an earlier run whose state
+                    // was lost (a crash): it is flick's to remove.
+                    let mac = self.kernel.link_mac(&name).await?;
+                    self.state.created_bridge =
+                        mac.as_deref() == Some(super::kernel::bridge_mac(&name).as_slice());
+                    i
+                }
                 None => {
                     let i = self.kernel.create_bridge(&name).await?;
                     self.state.created_bridge = true;
