@@ -423,6 +423,18 @@ impl<K: NetKernel> HostNetwork<K> {
                 format!("VM {} already has a different egress policy", req.vm_id),
             ));
         }
+        if let Some(d) = &req.host_device
+            && let Some((owner, _)) = self
+                .state
+                .vms
+                .iter()
+                .find(|(_, vm)| vm.interfaces.iter().any(|i| &i.host_device == d))
+        {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("host device {d} is already used by VM {owner}"),
+            ));
+        }
         let alloc_before = self.alloc.clone();
         let lease = self.alloc.allocate(&req.vm_id, &iface_id)?;
         let (device, created) = match &req.host_device {
@@ -826,6 +838,37 @@ mod tests {
                     .code(),
                 ErrorCode::NotFound
             );
+        });
+    }
+
+    #[test]
+    fn a_host_device_serves_one_vm() {
+        rt().block_on(async {
+            let mut k = RecordingKernel::with_uplink("eth0");
+            k.links.insert("vethx".into(), 9);
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            let req = |id: &str| VmRequest {
+                vm_id: id.into(),
+                host_device: Some("vethx".into()),
+                ..VmRequest::default()
+            };
+            let i = net.add_vm(req("a")).await.unwrap();
+            assert!(!i.created);
+            let e = net.add_vm(req("b")).await.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::AlreadyExists);
+            net.remove_vm("a").await.unwrap();
+            let calls = &net.kernel_mut().calls;
+            assert!(
+                !calls.contains(&Call::DeleteLink("vethx".into())),
+                "not flick's to delete"
+            );
+            assert!(
+                calls.contains(&Call::SetController("vethx".into(), None)),
+                "detached"
+            );
+            net.add_vm(req("b")).await.unwrap();
         });
     }
 
