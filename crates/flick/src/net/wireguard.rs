@@ -841,10 +841,10 @@ pub async fn enable<K: NetKernel>(
     let result = install(net, &mut state).await;
     match result {
         Ok(()) => {
-            net.kernel_and_state().1.wireguard = Some(state);
+            net.kernel_and_state().1.wireguard = Some(state.clone());
             if let Err(e) = net.apply_full().await {
-                let _ = remove(net, &state_of(net)).await;
                 net.kernel_and_state().1.wireguard = None;
+                let _ = remove(net, &state).await;
                 let _ = net.apply_full().await;
                 return Err(setup_err("install WireGuard firewall rules").with_source(e));
             }
@@ -859,10 +859,6 @@ pub async fn enable<K: NetKernel>(
             })
         }
     }
-}
-
-fn state_of<K: NetKernel>(net: &HostNetwork<K>) -> WireguardState {
-    net.state().wireguard.clone().expect("set above")
 }
 
 fn rules(pool: Ipv4Net, st: &WireguardState) -> [PolicyRule; 2] {
@@ -1133,6 +1129,45 @@ mod tests {
             let any = Ipv4Net::default();
             assert!(calls.contains(&Call::DelRoute(DEFAULT_TABLE, any, Some("wg7".into()))));
             assert!(calls.contains(&Call::DelRoute(DEFAULT_TABLE, any, None)));
+        });
+    }
+
+    #[test]
+    fn firewall_failure_rolls_back_routing() {
+        use crate::net::host::{HostNetwork, NetworkConfig};
+        use crate::net::kernel::{Call, RecordingKernel};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut k = RecordingKernel::with_uplink("eth0");
+            k.links.insert("wg7".into(), 7);
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            net.kernel_mut().fail_on = Some("wireguard fail closed".into());
+            let cfg = WireguardConfig {
+                mode: WireguardMode::Existing {
+                    interface: "wg7".into(),
+                },
+                ..WireguardConfig::managed("")
+            };
+            let e = enable(&mut net, &cfg).await.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::WireguardSetupFailed);
+            assert!(net.state().wireguard.is_none());
+            let calls = net.kernel_mut().calls.clone();
+            let pool: Ipv4Net = "172.30.0.0/24".parse().unwrap();
+            let wg_rule = PolicyRule {
+                from: pool,
+                to: None,
+                table: DEFAULT_TABLE,
+                priority: DEFAULT_RULE_PRIORITY,
+            };
+            assert!(calls.contains(&Call::DelRule(wg_rule)));
+            let Some(Call::Nft(last)) = calls.last() else {
+                panic!("the table is re-applied last")
+            };
+            assert!(!last.to_string().contains("wireguard"));
         });
     }
 
