@@ -374,3 +374,52 @@ fn only_allowed_ips_use_the_tunnel_when_not_routing_all() {
     assert_eq!(t.host.listing(), before);
     assert!(!wireguard::uapi_socket(&name).exists());
 }
+
+#[test]
+fn without_fail_closed_a_dead_tunnel_falls_back_to_the_uplink() {
+    let t = Topology::new();
+    let peers = far_peer(&t);
+    let (g, dev) = t.guest();
+    let name = unique("wgx");
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        let i = net
+            .add_vm(VmRequest {
+                vm_id: "wg-open".into(),
+                host_device: Some(dev.clone()),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+        configure_guest(&g, &i.lease);
+        let cfg = WireguardConfig {
+            mode: WireguardMode::Managed {
+                config: peers.near_config.clone(),
+                interface: Some(name.clone()),
+            },
+            fail_closed: false,
+            helper: Some(helper()),
+            ..WireguardConfig::managed("")
+        };
+        wireguard::enable(&mut net, &cfg).await.unwrap();
+        assert_eq!(
+            g.run(|| tcp_probe(INTERNET, 80)).as_deref(),
+            Some(TUNNEL_NEAR)
+        );
+        assert!(!t.host.ip("route show table 51820").contains("blackhole"));
+        let Some(TunnelBackend::Userspace { pid, start_time }) =
+            net.state().wireguard.as_ref().unwrap().managed
+        else {
+            panic!("userspace expected")
+        };
+        wireguard::stop_userspace_tunnel(&name, pid, start_time).unwrap();
+        assert_eq!(
+            g.run(|| tcp_probe(INTERNET, 80)).as_deref(),
+            Some("198.51.100.1"),
+            "fail open: back to the uplink"
+        );
+        net.teardown().await.unwrap();
+    });
+}

@@ -14,8 +14,9 @@
 //!   deletes it.
 //!
 //! Routing: VM-subnet traffic looks up a dedicated table (default 51820) whose default route is
-//! the WireGuard interface, behind it a blackhole default (so a vanished tunnel never falls back
-//! to the main table), via `from <pool> lookup <table>`; VM-to-VM traffic keeps the main table.
+//! the WireGuard interface, behind it (with `fail_closed`) a blackhole default, so a vanished
+//! tunnel never falls back to the main table, via `from <pool> lookup <table>`; VM-to-VM
+//! traffic keeps the main table. Without `fail_closed` a dead tunnel falls back to the uplink.
 //! With `fail_closed`, flick's nftables forward chain also drops VM traffic leaving through any
 //! other interface. Host traffic keeps the normal default route. Cleanup removes only the routes,
 //! rules, nftables objects and interfaces flick created.
@@ -890,7 +891,9 @@ async fn install<K: NetKernel>(net: &mut HostNetwork<K>, st: &mut WireguardState
     for dst in &st.routed {
         kernel.add_route(st.table, *dst, Some(index), 0).await?;
     }
-    if st.route_all_vm_traffic {
+    if st.route_all_vm_traffic && st.fail_closed {
+        // If the tunnel route vanishes (interface gone), VM traffic hits this instead of
+        // falling through to the main table and its uplink.
         kernel
             .add_route(st.table, Ipv4Net::default(), None, BLACKHOLE_METRIC)
             .await?;
