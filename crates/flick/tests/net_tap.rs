@@ -406,3 +406,24 @@ fn setup_after_a_crash_recognizes_its_own_bridge() {
     });
     assert_eq!(t.host.listing(), before);
 }
+
+#[test]
+fn a_foreign_device_with_the_tap_name_is_never_adopted_or_deleted() {
+    let t = Topology::new();
+    let clash = flick::net::plan::tap_name("clash", "eth0", 0);
+    t.host
+        .ip(&format!("link add {clash} type veth peer name clashpeer"));
+    let before = t.host.listing();
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        let ready = t.host.listing();
+        let e = net.add_vm(req("clash")).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::TapCreateFailed, "{e:?}");
+        assert_eq!(t.host.listing(), ready, "the foreign device is untouched");
+        assert!(net.state().vms.is_empty());
+        net.teardown().await.unwrap();
+    });
+    assert_eq!(t.host.listing(), before);
+}

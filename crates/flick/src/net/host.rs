@@ -446,7 +446,11 @@ impl<K: NetKernel> HostNetwork<K> {
             .plug(&lease, &device, created, &compiled, &req.vm_id, &mut index)
             .await;
         if let Err(e) = result {
-            self.unplug(&lease, &device, created, index).await;
+            // Without an index nothing was created or attached: never look the name up, it may
+            // belong to someone else's device (the reason creation failed).
+            if index.is_some() {
+                self.unplug(&lease, &device, created, index).await;
+            }
             self.alloc = alloc_before;
             return Err(e);
         }
