@@ -101,6 +101,31 @@ fn cleanup_restores_links_addresses_rules_routes_and_ruleset() {
                 .await
                 .unwrap();
             }
+            // a second interface of one VM shares its chain; removing the VM removes both
+            let policy = EgressPolicy::from_json(
+                r#"{"rules":[{"action":"allow","protocol":"tcp","ports":[80,443]}],"default_action":"deny"}"#,
+            )
+            .unwrap();
+            let second = net
+                .add_vm(VmRequest {
+                    vm_id: "c0".into(),
+                    iface_id: "eth1".into(),
+                    policy: Some(policy),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(net.state().vms["c0"].interfaces.len(), 2);
+            assert_ne!(second.host_device, net.state().vms["c0"].interfaces[0].host_device);
+            let e = net
+                .add_vm(VmRequest {
+                    vm_id: "c0".into(),
+                    iface_id: "eth2".into(),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgument, "one policy per VM");
             assert_ne!(t.host.listing(), with_other);
             assert!(
                 t.host
@@ -307,6 +332,97 @@ fn bad_input_gets_its_code_and_changes_nothing() {
         assert_eq!(e.code(), ErrorCode::WireguardSetupFailed);
         assert_eq!(t.host.listing(), one, "failed WireGuard setup left nothing");
         assert!(!std::path::Path::new("/tmp/pwned").exists());
+        net.teardown().await.unwrap();
+    });
+    assert_eq!(t.host.listing(), before);
+}
+
+#[test]
+fn an_existing_bridge_is_used_and_kept() {
+    let t = Topology::new();
+    // an operator's bridge: fixed MAC and a port of its own (so its carrier and MAC do not
+    // depend on which TAPs come and go)
+    t.host
+        .ip("link add flbr0 address 02:aa:bb:cc:dd:ee type bridge");
+    t.host.ip("link add own0 type veth peer name own1");
+    t.host.ip("link set own1 up");
+    t.host.ip("link set own0 master flbr0 up");
+    t.host.ip("link set flbr0 up");
+    // let the operator's bridge settle (carrier, link-local address) before the snapshot
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(t.host.ip("link show flbr0").contains("state UP")
+        && t.host.ip("addr show flbr0").contains("inet6 fe80"))
+    {
+        assert!(std::time::Instant::now() < deadline, "bridge never came up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = t.host.listing();
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        assert!(!net.state().created_bridge);
+        assert!(net.state().added_gateway_address);
+        let i = net.add_vm(req("on-foreign-bridge")).await.unwrap();
+        assert!(
+            t.host
+                .ip(&format!("link show {}", i.host_device))
+                .contains("master flbr0")
+        );
+        net.teardown().await.unwrap();
+    });
+    assert!(t.host.ip("link show").contains("flbr0"), "bridge kept");
+    assert_eq!(
+        t.host.listing(),
+        before,
+        "only the gateway address and the TAP went away"
+    );
+}
+
+#[test]
+fn setup_after_a_crash_recognizes_its_own_bridge() {
+    let t = Topology::new();
+    let before = t.host.listing();
+    t.host.block_on(|| async {
+        let mut crashed = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        crashed.add_vm(req("lost")).await.unwrap();
+        let lost_tap = crashed.state().vms["lost"].interfaces[0]
+            .host_device
+            .clone();
+        drop(crashed); // state lost: no teardown
+
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        assert!(
+            net.state().created_bridge,
+            "flick's MAC marks the bridge as its own"
+        );
+        net.teardown().await.unwrap();
+        // the orphaned TAP is the only thing the lost state knew about
+        t.host.ip(&format!("link del {lost_tap}"));
+    });
+    assert_eq!(t.host.listing(), before);
+}
+
+#[test]
+fn a_foreign_device_with_the_tap_name_is_never_adopted_or_deleted() {
+    let t = Topology::new();
+    let clash = flick::net::plan::tap_name("clash", "eth0", 0);
+    t.host
+        .ip(&format!("link add {clash} type veth peer name clashpeer"));
+    let before = t.host.listing();
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        let ready = t.host.listing();
+        let e = net.add_vm(req("clash")).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::TapCreateFailed, "{e:?}");
+        assert_eq!(t.host.listing(), ready, "the foreign device is untouched");
+        assert!(net.state().vms.is_empty());
         net.teardown().await.unwrap();
     });
     assert_eq!(t.host.listing(), before);

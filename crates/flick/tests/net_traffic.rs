@@ -254,6 +254,37 @@ fn isolation_mode_blocks_guest_to_guest_unless_a_rule_allows() {
             "allowed by a rule, routed without NAT"
         );
         assert!(!g1.run(|| icmp_probe(g2_ip)), "only what the rule allows");
+        // g1 borrows g2's address: dropped at the forward hook, before any policy
+        let pinned = || {
+            let table = t
+                .host
+                .exec(&["nft", "list", "chain", "inet", "flick", "forward"]);
+            let line = table
+                .lines()
+                .find(|l| l.contains("source pinning"))
+                .unwrap_or_else(|| panic!("no pinning rule: {table}"))
+                .to_owned();
+            let n: u64 = line
+                .split("counter packets ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no counter: {line}"));
+            n
+        };
+        let clean = pinned();
+        assert!(g1.run(|| udp_probe(INTERNET, 53)).is_some());
+        assert_eq!(pinned(), clean, "own address passes");
+        g1.ip(&format!("addr add {g2_ip}/32 dev eth0"));
+        g1.ip(&format!(
+            "route replace default via {} src {g2_ip}",
+            i1.lease.gateway
+        ));
+        assert_eq!(g1.run(|| udp_probe(INTERNET, 53)), None);
+        assert!(
+            pinned() > clean,
+            "spoofed source dropped by the pinning rule"
+        );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         server.join().unwrap();
         net.teardown().await.unwrap();

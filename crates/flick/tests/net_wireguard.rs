@@ -28,9 +28,10 @@ struct Peers {
 fn far_peer(t: &Topology) -> Peers {
     let near_key = Key::generate();
     let far_key = Key::generate();
+    let psk = Key::generate();
     let far_name = unique("wgf");
     let far_text = format!(
-        "[Interface]\nPrivateKey = {far_key}\nAddress = {TUNNEL_FAR}/24\nListenPort = 51820\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {TUNNEL_NEAR}/32\n",
+        "[Interface]\nPrivateKey = {far_key}\nAddress = {TUNNEL_FAR}/24\nListenPort = 51820\n\n[Peer]\nPublicKey = {}\nPresharedKey = {psk}\nAllowedIPs = {TUNNEL_NEAR}/32\n",
         near_key.public_key()
     );
     let spec = TunnelSpec {
@@ -46,7 +47,7 @@ fn far_peer(t: &Topology) -> Peers {
         panic!("userspace expected")
     };
     let near_config = format!(
-        "[Interface]\nPrivateKey = {near_key}\nAddress = {TUNNEL_NEAR}/32\nDNS = 9.9.9.9\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 0.0.0.0/0\nEndpoint = {INTERNET}:51820\nPersistentKeepalive = 1\n",
+        "[Interface]\nPrivateKey = {near_key}\nAddress = {TUNNEL_NEAR}/32\nMTU = 1380\nDNS = 9.9.9.9\n\n[Peer]\nPublicKey = {}\nPresharedKey = {psk}\nAllowedIPs = 0.0.0.0/0\nEndpoint = {INTERNET}:51820\nPersistentKeepalive = 1\n",
         far_key.public_key()
     );
     Peers {
@@ -58,7 +59,7 @@ fn far_peer(t: &Topology) -> Peers {
 
 impl Drop for Peers {
     fn drop(&mut self) {
-        let _ = wireguard::stop_userspace_tunnel(self.far.0, self.far.1);
+        let _ = wireguard::stop_userspace_tunnel(&self.far_name, self.far.0, self.far.1);
     }
 }
 
@@ -118,6 +119,13 @@ fn managed_userspace_tunnel_carries_guest_traffic_and_fails_closed() {
         );
         let rules = t.host.ip("rule");
         assert!(rules.contains("lookup 51820"), "{rules}");
+        // the helper speaks the standard UAPI: wireguard-tools can read it
+        let show = t.host.exec(&["wg", "show", &near_name]);
+        assert!(show.contains("latest handshake"), "{show}");
+        assert!(
+            show.contains(&format!("endpoint: {INTERNET}:51820")),
+            "{show}"
+        );
         let table = t.host.ip("route show table 51820");
         assert!(
             table.contains(&format!("default dev {near_name}")),
@@ -126,7 +134,7 @@ fn managed_userspace_tunnel_carries_guest_traffic_and_fails_closed() {
         assert!(table.contains("blackhole default"), "{table}");
 
         // the tunnel dies (helper gone): guest traffic is dropped, never leaked to the uplink
-        wireguard::stop_userspace_tunnel(pid, start_time).unwrap();
+        wireguard::stop_userspace_tunnel(&near_name, pid, start_time).unwrap();
         assert!(!t.host.ip("link show").contains(&near_name), "tunnel gone");
         assert_eq!(g.run(|| tcp_probe(INTERNET, 80)), None, "fail closed");
         assert!(!g.run(|| icmp_probe(INTERNET)), "fail closed (ICMP)");
@@ -207,7 +215,211 @@ fn existing_interface_is_used_and_never_deleted() {
         before,
         "only flick's routes, rules and nft objects removed"
     );
-    wireguard::stop_userspace_tunnel(pid, start_time).unwrap();
+    wireguard::stop_userspace_tunnel(&own, pid, start_time).unwrap();
     assert!(!t.host.ip("link show").contains(&own));
+    assert!(!wireguard::uapi_socket(&own).exists());
     drop(peers);
+}
+
+#[test]
+fn kernel_backend_is_used_only_when_the_kernel_has_it() {
+    let t = Topology::new();
+    let peers = far_peer(&t);
+    let before = t.host.listing();
+    let kernel_has_wireguard = std::path::Path::new("/sys/module/wireguard").exists();
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        let ready = t.host.listing();
+        let cfg = WireguardConfig {
+            mode: WireguardMode::Managed {
+                config: peers.near_config.clone(),
+                interface: Some(unique("wgk")),
+            },
+            backend: wireguard::BackendChoice::Kernel,
+            ..WireguardConfig::managed("")
+        };
+        let r = wireguard::enable(&mut net, &cfg).await;
+        if kernel_has_wireguard {
+            r.unwrap();
+            assert_eq!(
+                net.state().wireguard.as_ref().unwrap().managed,
+                Some(TunnelBackend::Kernel)
+            );
+            wireguard::disable(&mut net).await.unwrap();
+        } else {
+            let e = r.unwrap_err();
+            assert_eq!(e.code(), flick::ErrorCode::WireguardSetupFailed, "{e:?}");
+            assert!(net.state().wireguard.is_none());
+        }
+        assert_eq!(t.host.listing(), ready, "nothing left behind");
+        net.teardown().await.unwrap();
+    });
+    assert_eq!(t.host.listing(), before);
+}
+
+#[test]
+fn tunnel_outlives_its_manager_and_a_restored_manager_removes_it() {
+    let t = Topology::new();
+    let peers = far_peer(&t);
+    let before = t.host.listing();
+    let (g, dev) = t.guest();
+    let name = unique("wgr");
+    let state = t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        let i = net
+            .add_vm(VmRequest {
+                vm_id: "wg-restore".into(),
+                host_device: Some(dev.clone()),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+        configure_guest(&g, &i.lease);
+        let cfg = WireguardConfig {
+            mode: WireguardMode::Managed {
+                config: peers.near_config.clone(),
+                interface: Some(name.clone()),
+            },
+            helper: Some(helper()),
+            ..WireguardConfig::managed("")
+        };
+        wireguard::enable(&mut net, &cfg).await.unwrap();
+        serde_json::to_string(net.state()).unwrap()
+        // `net` is dropped here without cleanup, like a CLI that exits
+    });
+    let restored: flick::net::NetworkState = serde_json::from_str(&state).unwrap();
+    let Some(TunnelBackend::Userspace { pid, .. }) = restored.wireguard.as_ref().unwrap().managed
+    else {
+        panic!("userspace expected")
+    };
+    let p = rustix::process::Pid::from_raw(pid.cast_signed()).unwrap();
+    assert_eq!(
+        rustix::process::getsid(Some(p)).unwrap(),
+        p,
+        "the helper leads its own session, detached from its creator"
+    );
+    assert_eq!(
+        g.run(|| tcp_probe(INTERNET, 80)).as_deref(),
+        Some(TUNNEL_NEAR),
+        "tunnel still carries traffic after its manager is gone"
+    );
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::restore(Netlink::connect().unwrap(), restored).unwrap();
+        net.teardown().await.unwrap();
+    });
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "helper stopped"
+    );
+    t.host.ip(&format!("link del {dev}"));
+    assert_eq!(t.host.listing(), before);
+}
+
+#[test]
+fn only_allowed_ips_use_the_tunnel_when_not_routing_all() {
+    let t = Topology::new();
+    let peers = far_peer(&t);
+    let before = t.host.listing();
+    let (g, dev) = t.guest();
+    let name = unique("wgs");
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        let i = net
+            .add_vm(VmRequest {
+                vm_id: "wg-split".into(),
+                host_device: Some(dev.clone()),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+        configure_guest(&g, &i.lease);
+        let cfg = WireguardConfig {
+            mode: WireguardMode::Managed {
+                config: peers
+                    .near_config
+                    .replace("AllowedIPs = 0.0.0.0/0", "AllowedIPs = 10.99.0.0/24"),
+                interface: Some(name.clone()),
+            },
+            route_all_vm_traffic: false,
+            helper: Some(helper()),
+            ..WireguardConfig::managed("")
+        };
+        wireguard::enable(&mut net, &cfg).await.unwrap();
+        let table = t.host.ip("route show table 51820");
+        assert!(
+            table.contains(&format!("10.99.0.0/24 dev {name}")),
+            "{table}"
+        );
+        assert!(!table.contains("default"), "{table}");
+        let far: std::net::Ipv4Addr = TUNNEL_FAR.parse().unwrap();
+        assert_eq!(
+            g.run(|| tcp_probe(far, 80)).as_deref(),
+            Some(TUNNEL_NEAR),
+            "AllowedIPs go through the tunnel"
+        );
+        assert_eq!(
+            g.run(|| tcp_probe(INTERNET, 80)).as_deref(),
+            Some("198.51.100.1"),
+            "everything else keeps the uplink"
+        );
+        net.teardown().await.unwrap();
+    });
+    t.host.ip(&format!("link del {dev}"));
+    assert_eq!(t.host.listing(), before);
+    assert!(!wireguard::uapi_socket(&name).exists());
+}
+
+#[test]
+fn without_fail_closed_a_dead_tunnel_falls_back_to_the_uplink() {
+    let t = Topology::new();
+    let peers = far_peer(&t);
+    let (g, dev) = t.guest();
+    let name = unique("wgx");
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), NetworkConfig::default())
+            .await
+            .unwrap();
+        let i = net
+            .add_vm(VmRequest {
+                vm_id: "wg-open".into(),
+                host_device: Some(dev.clone()),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+        configure_guest(&g, &i.lease);
+        let cfg = WireguardConfig {
+            mode: WireguardMode::Managed {
+                config: peers.near_config.clone(),
+                interface: Some(name.clone()),
+            },
+            fail_closed: false,
+            helper: Some(helper()),
+            ..WireguardConfig::managed("")
+        };
+        wireguard::enable(&mut net, &cfg).await.unwrap();
+        assert_eq!(
+            g.run(|| tcp_probe(INTERNET, 80)).as_deref(),
+            Some(TUNNEL_NEAR)
+        );
+        assert!(!t.host.ip("route show table 51820").contains("blackhole"));
+        let Some(TunnelBackend::Userspace { pid, start_time }) =
+            net.state().wireguard.as_ref().unwrap().managed
+        else {
+            panic!("userspace expected")
+        };
+        wireguard::stop_userspace_tunnel(&name, pid, start_time).unwrap();
+        assert_eq!(
+            g.run(|| tcp_probe(INTERNET, 80)).as_deref(),
+            Some("198.51.100.1"),
+            "fail open: back to the uplink"
+        );
+        net.teardown().await.unwrap();
+    });
 }

@@ -325,6 +325,67 @@ mod tests {
         }
     }
 
+    fn protocol() -> impl proptest::strategy::Strategy<Value = Protocol> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Protocol::All),
+            Just(Protocol::Tcp),
+            Just(Protocol::Udp),
+            Just(Protocol::Icmp)
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ports_valid_exactly_with_tcp_udp_in_range(
+            proto in protocol(),
+            ports in proptest::option::of(proptest::collection::vec(-5i64..70_000, 0..5)),
+            single in proptest::bool::ANY,
+        ) {
+            let ports_value = ports.clone().map(|v| {
+                if single && v.len() == 1 { Ports::One(v[0]) } else { Ports::List(v) }
+            });
+            let rule = EgressRule { action: Action::Deny, protocol: proto, ports: ports_value, ..EgressRule::default() };
+            let expect_ok = match &ports {
+                None => true,
+                Some(v) => matches!(proto, Protocol::Tcp | Protocol::Udp)
+                    && !v.is_empty()
+                    && v.iter().all(|p| (1..=65_535).contains(p)),
+            };
+            let got = EgressPolicy { rules: vec![rule], default_action: None }.compile();
+            match got {
+                Ok(c) => {
+                    proptest::prop_assert!(expect_ok);
+                    let r = &c.rules[0];
+                    proptest::prop_assert!(r.ports.windows(2).all(|w| w[0] < w[1]), "sorted, unique");
+                    if let Some(v) = &ports {
+                        for p in v {
+                            proptest::prop_assert!(r.ports.contains(&u16::try_from(*p).unwrap()));
+                        }
+                    }
+                }
+                Err(e) => {
+                    proptest::prop_assert!(!expect_ok);
+                    proptest::prop_assert_eq!(e.code(), ErrorCode::InvalidFirewallConfig);
+                }
+            }
+        }
+
+        #[test]
+        fn destinations_normalize(ip in proptest::prelude::any::<u32>(), len in 0u8..=40) {
+            let text = format!("{}/{len}", Ipv4Addr::from(ip));
+            match parse_destination(&text) {
+                Ok(n) => {
+                    proptest::prop_assert!(len <= 32);
+                    proptest::prop_assert_eq!(n.prefix_len(), len);
+                    proptest::prop_assert!(n.contains(&Ipv4Addr::from(ip)));
+                    proptest::prop_assert_eq!(n, n.trunc());
+                }
+                Err(_) => proptest::prop_assert!(len > 32),
+            }
+        }
+    }
+
     #[test]
     fn reports_all_problems() {
         let p = EgressPolicy {

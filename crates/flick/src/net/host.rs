@@ -15,10 +15,8 @@
 //! [`NetworkState`] is serializable so a short-lived CLI can persist it and a later process can
 //! [`HostNetwork::restore`] it.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::firewall::{CompiledPolicy, EgressPolicy};
 use super::kernel::NetKernel;
@@ -265,7 +263,14 @@ impl<K: NetKernel> HostNetwork<K> {
         if self.state.config.mode == Mode::Bridge {
             let name = self.state.config.bridge.clone();
             let index = match self.kernel.link_index(&name).await? {
-                Some(i) => i,
+                Some(i) => {
+                    // A bridge with flick's own MAC was created by an earlier run whose state
+                    // was lost (a crash): it is flick's to remove.
+                    let mac = self.kernel.link_mac(&name).await?;
+                    self.state.created_bridge =
+                        mac.as_deref() == Some(super::kernel::bridge_mac(&name).as_slice());
+                    i
+                }
                 None => {
                     let i = self.kernel.create_bridge(&name).await?;
                     self.state.created_bridge = true;
@@ -359,11 +364,17 @@ impl<K: NetKernel> HostNetwork<K> {
                 out.push(VmRules {
                     vm_id: id.clone(),
                     guest_ip: i.lease.guest_ip,
+                    device: self.pinned_device(&i.host_device),
                     policy: policy.clone(),
                 });
             }
         }
         Ok(out)
+    }
+
+    /// The device a guest address is pinned to (isolation mode only).
+    fn pinned_device(&self, device: &str) -> Option<String> {
+        (self.state.config.mode == Mode::Isolated).then(|| device.to_owned())
     }
 
     pub(crate) async fn apply_full(&mut self) -> Result<()> {
@@ -412,6 +423,18 @@ impl<K: NetKernel> HostNetwork<K> {
                 format!("VM {} already has a different egress policy", req.vm_id),
             ));
         }
+        if let Some(d) = &req.host_device
+            && let Some((owner, _)) = self
+                .state
+                .vms
+                .iter()
+                .find(|(_, vm)| vm.interfaces.iter().any(|i| &i.host_device == d))
+        {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("host device {d} is already used by VM {owner}"),
+            ));
+        }
         let alloc_before = self.alloc.clone();
         let lease = self.alloc.allocate(&req.vm_id, &iface_id)?;
         let (device, created) = match &req.host_device {
@@ -423,7 +446,11 @@ impl<K: NetKernel> HostNetwork<K> {
             .plug(&lease, &device, created, &compiled, &req.vm_id, &mut index)
             .await;
         if let Err(e) = result {
-            self.unplug(&lease, &device, created, index).await;
+            // Without an index nothing was created or attached: never look the name up, it may
+            // belong to someone else's device (the reason creation failed).
+            if index.is_some() {
+                self.unplug(&lease, &device, created, index).await;
+            }
             self.alloc = alloc_before;
             return Err(e);
         }
@@ -495,6 +522,7 @@ impl<K: NetKernel> HostNetwork<K> {
         let rules = VmRules {
             vm_id: vm_id.to_owned(),
             guest_ip: lease.guest_ip,
+            device: self.pinned_device(device),
             policy: policy.clone(),
         };
         self.kernel
@@ -535,6 +563,34 @@ impl<K: NetKernel> HostNetwork<K> {
         first
     }
 
+    /// Replaces one VM's egress policy (one transaction per interface; its chain is flushed and
+    /// refilled, nothing else changes).
+    pub async fn set_vm_policy(&mut self, vm_id: &str, policy: EgressPolicy) -> Result<()> {
+        let compiled = policy.compile()?;
+        let Some(vm) = self.state.vms.get(vm_id).cloned() else {
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!("VM {vm_id} has no network"),
+            ));
+        };
+        // A VM with several interfaces shares one chain; one batch covers all its elements.
+        for i in &vm.interfaces {
+            let rules = VmRules {
+                vm_id: vm_id.to_owned(),
+                guest_ip: i.lease.guest_ip,
+                device: self.pinned_device(&i.host_device),
+                policy: compiled.clone(),
+            };
+            self.kernel
+                .apply_nft(&nft::add_vm_batch(&self.state.config.table, &rules))
+                .await?;
+        }
+        if let Some(v) = self.state.vms.get_mut(vm_id) {
+            v.policy = policy;
+        }
+        Ok(())
+    }
+
     /// Unplugs every interface of a VM and removes exactly its egress rules. Unknown VMs are
     /// [`ErrorCode::NotFound`].
     pub async fn remove_vm(&mut self, vm_id: &str) -> Result<()> {
@@ -545,11 +601,18 @@ impl<K: NetKernel> HostNetwork<K> {
             ));
         };
         let mut first: Option<Error> = None;
+        let pinned: Vec<(std::net::Ipv4Addr, Option<String>)> = vm
+            .interfaces
+            .iter()
+            .map(|i| (i.lease.guest_ip, self.pinned_device(&i.host_device)))
+            .collect();
+        let refs: Vec<(std::net::Ipv4Addr, Option<&str>)> =
+            pinned.iter().map(|(ip, d)| (*ip, d.as_deref())).collect();
+        let batch = nft::remove_vm_batch(&self.state.config.table, vm_id, &refs);
+        if let Err(e) = self.kernel.apply_nft(&batch).await {
+            first.get_or_insert(e);
+        }
         for i in &vm.interfaces {
-            let batch = nft::remove_vm_batch(&self.state.config.table, vm_id, i.lease.guest_ip);
-            if let Err(e) = self.kernel.apply_nft(&batch).await {
-                first.get_or_insert(e);
-            }
             if let Some(e) = self.unplug(&i.lease, &i.host_device, i.created, None).await {
                 first.get_or_insert(e);
             }
@@ -619,16 +682,11 @@ impl<K: NetKernel> HostNetwork<K> {
     }
 }
 
-/// The address a VM interface's guest uses, for callers that only need the boot argument.
-#[must_use]
-pub fn guest_boot_arg(iface: &VmInterface) -> (Ipv4Addr, String) {
-    (iface.lease.guest_ip, iface.boot_arg())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::net::kernel::{Call, RecordingKernel};
+    use std::net::Ipv4Addr;
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -744,6 +802,77 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(i.lease.guest_ip, Ipv4Addr::new(172, 30, 0, 2));
+        });
+    }
+
+    #[test]
+    fn every_policy_change_is_one_nft_batch() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            net.add_vm(VmRequest {
+                vm_id: "a".into(),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+            let nft_calls =
+                |k: &RecordingKernel| k.calls.iter().filter(|c| matches!(c, Call::Nft(_))).count();
+            let before = nft_calls(net.kernel_mut());
+            let rules: Vec<String> = (0..1000)
+                .map(|i| format!(r#"{{"action":"deny","to":"10.0.{}.{}"}}"#, i / 250, i % 250))
+                .collect();
+            let big =
+                EgressPolicy::from_json(&format!(r#"{{"rules":[{}]}}"#, rules.join(","))).unwrap();
+            net.set_host_policy(big.clone()).await.unwrap();
+            assert_eq!(nft_calls(net.kernel_mut()), before + 1);
+            net.set_vm_policy("a", big).await.unwrap();
+            assert_eq!(nft_calls(net.kernel_mut()), before + 2);
+            let Call::Nft(last) = net.kernel_mut().calls.last().unwrap().clone() else {
+                panic!("nft batch expected")
+            };
+            // flush + re-add: replacing a VM's policy never appends a second copy
+            assert!(last.to_string().contains("\"flush\""));
+            assert_eq!(
+                net.set_vm_policy("nope", EgressPolicy::default())
+                    .await
+                    .unwrap_err()
+                    .code(),
+                ErrorCode::NotFound
+            );
+        });
+    }
+
+    #[test]
+    fn a_host_device_serves_one_vm() {
+        rt().block_on(async {
+            let mut k = RecordingKernel::with_uplink("eth0");
+            k.links.insert("vethx".into(), 9);
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            let req = |id: &str| VmRequest {
+                vm_id: id.into(),
+                host_device: Some("vethx".into()),
+                ..VmRequest::default()
+            };
+            let i = net.add_vm(req("a")).await.unwrap();
+            assert!(!i.created);
+            let e = net.add_vm(req("b")).await.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::AlreadyExists);
+            net.remove_vm("a").await.unwrap();
+            let calls = &net.kernel_mut().calls;
+            assert!(
+                !calls.contains(&Call::DeleteLink("vethx".into())),
+                "not flick's to delete"
+            );
+            assert!(
+                calls.contains(&Call::SetController("vethx".into(), None)),
+                "detached"
+            );
+            net.add_vm(req("b")).await.unwrap();
         });
     }
 

@@ -30,6 +30,8 @@ use crate::error::{Error, ErrorCode, Result};
 pub trait NetKernel {
     /// The index of the link called `name`, if it exists.
     async fn link_index(&mut self, name: &str) -> Result<Option<u32>>;
+    /// The hardware address of the link called `name`, if it exists.
+    async fn link_mac(&mut self, name: &str) -> Result<Option<Vec<u8>>>;
     /// Creates a bridge (down) and returns its index.
     async fn create_bridge(&mut self, name: &str) -> Result<u32>;
     /// Creates a persistent TAP with optional owner/group and returns its index.
@@ -106,6 +108,15 @@ fn errno(err: &rtnetlink::Error) -> Option<i32> {
         rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
         _ => None,
     }
+}
+
+/// The MAC flick gives a bridge it creates (so a later run recognizes its own bridge).
+#[must_use]
+pub fn bridge_mac(name: &str) -> Vec<u8> {
+    super::plan::mac_address("bridge", name)
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC"))
+        .collect()
 }
 
 /// The real kernel: rtnetlink for links/addresses/routes/rules, ioctls for TAPs, `nft` for
@@ -221,15 +232,22 @@ impl NetKernel for Netlink {
         Ok(self.link_by_name(name).await?.map(|m| m.header.index))
     }
 
+    async fn link_mac(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.link_by_name(name).await?.and_then(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::Address(mac) => Some(mac),
+                _ => None,
+            })
+        }))
+    }
+
     async fn create_bridge(&mut self, name: &str) -> Result<u32> {
         // A fixed MAC: otherwise the bridge takes the lowest port MAC, which changes whenever a
         // TAP comes or goes and leaves stale gateway entries in the guests' ARP caches.
-        let mac = super::plan::mac_address("bridge", name);
-        let bytes: Vec<u8> = mac
-            .split(':')
-            .map(|b| u8::from_str_radix(b, 16).expect("hex MAC"))
-            .collect();
-        let msg = LinkBridge::new(name).down().address(bytes).build();
+        let msg = LinkBridge::new(name)
+            .down()
+            .address(bridge_mac(name))
+            .build();
         self.handle.link().add(msg).execute().await.map_err(|e| {
             nl_err(
                 ErrorCode::BridgeSetupFailed,
@@ -600,6 +618,12 @@ impl RecordingKernel {
 impl NetKernel for RecordingKernel {
     async fn link_index(&mut self, name: &str) -> Result<Option<u32>> {
         Ok(self.links.get(name).copied())
+    }
+    async fn link_mac(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .links
+            .contains_key(name)
+            .then(|| vec![0x02, 0, 0, 0, 0, 1]))
     }
     async fn create_bridge(&mut self, name: &str) -> Result<u32> {
         self.record(Call::CreateBridge(name.into()))?;

@@ -9,10 +9,12 @@
 //! ```text
 //! table inet flick {
 //!   map vm_policies { type ipv4_addr : verdict }       # guest address -> jump vm_<hash>
+//!   set vm_sources { type ifname . ipv4_addr }          # isolation: TAP . guest address
 //!   chain postrouting { nat hook, masquerade the pool out of the uplink (and the WireGuard link) }
 //!   chain forward {                                     # filter hook forward
 //!     ct state established,related accept               # return traffic of allowed flows
 //!     [fail closed] ip saddr POOL ip daddr != POOL oifname != WG drop
+//!     [isolation] ip saddr POOL iifname . ip saddr != @vm_sources counter drop
 //!     ip saddr POOL jump egress
 //!   }
 //!   chain egress {
@@ -43,6 +45,8 @@ use crate::error::{Error, ErrorCode, Result};
 pub const DEFAULT_TABLE: &str = "flick";
 /// The verdict map from guest address to per-VM chain.
 pub const VM_MAP: &str = "vm_policies";
+/// The set of (TAP, guest address) pairs allowed to send (isolation mode source pinning).
+pub const VM_SOURCES: &str = "vm_sources";
 
 /// Where WireGuard egress goes and whether other egress is blocked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +83,8 @@ pub struct VmRules {
     pub vm_id: String,
     /// The guest address its packets come from.
     pub guest_ip: Ipv4Addr,
+    /// Its own host device in isolation mode: only `guest_ip` may send from it.
+    pub device: Option<String>,
     /// Its policy.
     pub policy: CompiledPolicy,
 }
@@ -229,6 +235,17 @@ fn vm_part(b: &mut Batch<'_>, vm: &VmRules) {
             "elem": [[vm.guest_ip.to_string(), { "jump": { "target": chain } }]],
         }),
     );
+    if let Some(dev) = &vm.device {
+        b.cmd(
+            "add",
+            "element",
+            json!({ "name": VM_SOURCES, "elem": [source_elem(dev, vm.guest_ip)] }),
+        );
+    }
+}
+
+fn source_elem(dev: &str, ip: Ipv4Addr) -> Value {
+    json!({ "concat": [dev, ip.to_string()] })
 }
 
 /// The batch that replaces the whole table with `spec` and the given VMs, atomically.
@@ -242,6 +259,11 @@ pub fn full_batch(spec: &TableSpec, vms: &[VmRules]) -> Value {
         "add",
         "map",
         json!({ "name": VM_MAP, "type": "ipv4_addr", "map": "verdict" }),
+    );
+    b.cmd(
+        "add",
+        "set",
+        json!({ "name": VM_SOURCES, "type": ["ifname", "ipv4_addr"] }),
     );
     b.cmd(
         "add",
@@ -303,6 +325,24 @@ pub fn full_batch(spec: &TableSpec, vms: &[VmRules]) -> Value {
             Some("flick: wireguard fail closed"),
         );
     }
+    if spec.isolation {
+        // Each VM has its own TAP here, so its source address can be pinned to it: no VM can
+        // borrow another's address (and with it, that VM's egress policy).
+        b.rule(
+            "forward",
+            vec![
+                matches("==", ip_field("saddr"), pool.clone()),
+                matches(
+                    "!=",
+                    json!({ "concat": [{ "meta": { "key": "iifname" } }, ip_field("saddr")] }),
+                    json!(format!("@{VM_SOURCES}")),
+                ),
+                json!({ "counter": null }),
+                json!({ "drop": null }),
+            ],
+            Some("flick: source pinning"),
+        );
+    }
     let mut from_vms = Vec::new();
     if let Some(br) = &spec.bridge {
         from_vms.push(matches(
@@ -347,16 +387,27 @@ pub fn add_vm_batch(table: &str, vm: &VmRules) -> Value {
     b.finish()
 }
 
-/// The batch that removes exactly one VM's map element and chain.
+/// The batch that removes exactly one VM's map elements, source elements and chain, for all
+/// its interfaces (`(guest address, pinned device)` each) at once: the chain can only go after
+/// every element jumping to it.
 #[must_use]
-pub fn remove_vm_batch(table: &str, vm_id: &str, guest_ip: Ipv4Addr) -> Value {
+pub fn remove_vm_batch(table: &str, vm_id: &str, interfaces: &[(Ipv4Addr, Option<&str>)]) -> Value {
     let chain = vm_chain(vm_id);
     let mut b = Batch::new(table);
-    b.cmd(
-        "delete",
-        "element",
-        json!({ "name": VM_MAP, "elem": [guest_ip.to_string()] }),
-    );
+    for (ip, device) in interfaces {
+        b.cmd(
+            "delete",
+            "element",
+            json!({ "name": VM_MAP, "elem": [ip.to_string()] }),
+        );
+        if let Some(dev) = device {
+            b.cmd(
+                "delete",
+                "element",
+                json!({ "name": VM_SOURCES, "elem": [source_elem(dev, *ip)] }),
+            );
+        }
+    }
     b.cmd("flush", "chain", json!({ "name": chain }));
     b.cmd("delete", "chain", json!({ "name": chain }));
     b.finish()
@@ -430,6 +481,7 @@ mod tests {
         VmRules {
             vm_id: "vm-1".into(),
             guest_ip: "172.30.0.2".parse().unwrap(),
+            device: None,
             policy: policy(r#"{"rules":[{"action":"allow","protocol":"tcp","ports":22}]}"#),
         }
     }
@@ -449,7 +501,9 @@ mod tests {
             interface: "flwg0".into(),
             fail_closed: true,
         });
-        insta::assert_json_snapshot!(full_batch(&s, &[]));
+        let mut v = vm();
+        v.device = Some("fltap0".into());
+        insta::assert_json_snapshot!(full_batch(&s, &[v]));
     }
 
     #[test]
@@ -457,7 +511,14 @@ mod tests {
         let mut v = vm();
         v.policy.default_action = Some(Action::Deny);
         insta::assert_json_snapshot!(add_vm_batch("flick", &v));
-        insta::assert_json_snapshot!(remove_vm_batch("flick", &v.vm_id, v.guest_ip));
+        insta::assert_json_snapshot!(remove_vm_batch("flick", &v.vm_id, &[(v.guest_ip, None)]));
+        v.device = Some("fltap0".into());
+        insta::assert_json_snapshot!(add_vm_batch("flick", &v));
+        insta::assert_json_snapshot!(remove_vm_batch(
+            "flick",
+            &v.vm_id,
+            &[(v.guest_ip, Some("fltap0"))]
+        ));
     }
 
     #[test]

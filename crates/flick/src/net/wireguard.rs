@@ -14,8 +14,9 @@
 //!   deletes it.
 //!
 //! Routing: VM-subnet traffic looks up a dedicated table (default 51820) whose default route is
-//! the WireGuard interface, behind it a blackhole default (so a vanished tunnel never falls back
-//! to the main table), via `from <pool> lookup <table>`; VM-to-VM traffic keeps the main table.
+//! the WireGuard interface, behind it (with `fail_closed`) a blackhole default, so a vanished
+//! tunnel never falls back to the main table, via `from <pool> lookup <table>`; VM-to-VM
+//! traffic keeps the main table. Without `fail_closed` a dead tunnel falls back to the uplink.
 //! With `fail_closed`, flick's nftables forward chain also drops VM traffic leaving through any
 //! other interface. Host traffic keeps the normal default route. Cleanup removes only the routes,
 //! rules, nftables objects and interfaces flick created.
@@ -146,13 +147,11 @@ fn parse_nets(line: usize, key: &str, v: &str) -> Result<Vec<Ipv4Net>> {
             ));
         }
         let net = if part.contains('/') {
-            Ipv4Net::from_str(part)
+            Ipv4Net::from_str(part).ok()
         } else {
-            Ipv4Addr::from_str(part)
-                .map(Ipv4Net::from)
-                .map_err(|_| Ipv4Net::from_str("x").expect_err("always an error"))
+            Ipv4Addr::from_str(part).ok().map(Ipv4Net::from)
         }
-        .map_err(|_| {
+        .ok_or_else(|| {
             bad(
                 line,
                 format!("{key} {part:?} is not an IPv4 address or CIDR"),
@@ -370,6 +369,22 @@ pub struct WireguardConfig {
     /// executable, then on `PATH`).
     #[serde(default)]
     pub helper: Option<PathBuf>,
+    /// Which implementation runs a managed tunnel.
+    #[serde(default)]
+    pub backend: BackendChoice,
+}
+
+/// Which WireGuard implementation a managed tunnel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// The kernel module when the kernel has it, otherwise the userspace helper.
+    #[default]
+    Auto,
+    /// Only the kernel module.
+    Kernel,
+    /// Only the userspace helper.
+    Userspace,
 }
 
 fn default_table() -> u32 {
@@ -396,6 +411,7 @@ impl WireguardConfig {
             route_all_vm_traffic: true,
             fail_closed: true,
             helper: None,
+            backend: BackendChoice::Auto,
         }
     }
 }
@@ -517,18 +533,26 @@ fn interface_config(spec: &TunnelSpec) -> Result<defguard_wireguard_rs::Interfac
     })
 }
 
-/// The `flick-wg` helper's entry point: reads a [`TunnelSpec`] as JSON on stdin, detaches into
-/// its own session, brings the userspace tunnel up, prints `READY` (or `ERROR <message>`) on
-/// stdout, then holds the tunnel until SIGTERM or SIGINT and removes it.
+/// The `flick-wg` helper's entry point: detaches into its own session, reads a [`TunnelSpec`]
+/// as JSON on stdin, brings the userspace tunnel up, prints `READY` (or `ERROR <message>`) on
+/// stdout, then holds the tunnel until SIGTERM, SIGINT or SIGKILL ends the process (the kernel
+/// then removes the TUN device; [`stop_userspace_tunnel`] removes the UAPI socket file).
 #[must_use]
 pub fn helper_main() -> ExitCode {
     use defguard_wireguard_rs::{Userspace, WGApi, WireguardInterfaceApi};
-    let mut out = std::io::stdout();
-    let mut fail = |msg: String| {
+    // Every exit goes through process::exit: the tunnel's destructors may block on worker
+    // threads, while exiting lets the kernel close the TUN device and sockets at once.
+    let fail = |msg: String| -> ExitCode {
+        let mut out = std::io::stdout();
         let _ = writeln!(out, "ERROR {msg}");
         let _ = out.flush();
-        ExitCode::FAILURE
+        std::process::exit(1)
     };
+    // A new session (and process group) first: no controlling terminal, and signals sent to
+    // the CLI's process group or terminal never reach the tunnel.
+    if let Err(e) = rustix::process::setsid() {
+        return fail(format!("setsid: {e}"));
+    }
     let mut input = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut input) {
         return fail(format!("read stdin: {e}"));
@@ -537,21 +561,21 @@ pub fn helper_main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(format!("bad spec: {e}")),
     };
-    // A new session: no controlling terminal, so closing the CLI's terminal does not hang us up.
-    let _ = rustix::process::setsid();
-    // Block the stop signals in every thread (the tunnel's threads inherit this mask) and wait
-    // for them synchronously below.
-    // SAFETY: `set` is a local sigset_t initialised by sigemptyset before use; the calls only
-    // read/write that local and this thread's signal mask.
-    let set = unsafe {
+    // SIGTERM and SIGINT get their default action: the process dies and the kernel removes the
+    // TUN device with it, so stopping never depends on this process cooperating. Ignored
+    // dispositions and blocked masks are inherited across exec (a shell's background jobs
+    // ignore SIGINT, for example), so reset both before any thread exists. Without a
+    // controlling terminal no SIGHUP is expected; ignore it anyway.
+    // SAFETY: only default/ignore dispositions are installed (no handler code runs), and `set`
+    // is a local sigset_t initialised by sigemptyset before it is passed to pthread_sigmask.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
     let config = match interface_config(&spec) {
         Ok(c) => c,
         Err(e) => return fail(e.chain()),
@@ -564,23 +588,34 @@ pub fn helper_main() -> ExitCode {
         return fail(format!("create interface: {e}"));
     }
     if let Err(e) = api.configure_interface(&config) {
-        let _ = api.remove_interface();
+        let _ = std::fs::remove_file(uapi_socket(&spec.interface));
         return fail(format!("configure interface: {e}"));
     }
+    let mut out = std::io::stdout();
     let _ = writeln!(out, "READY");
     let _ = out.flush();
-    loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: `set` is the initialised signal set from above and `sig` a valid out pointer.
-        let rc = unsafe { libc::sigwait(&set, &mut sig) };
-        if rc == 0 && sig != libc::SIGHUP {
-            break;
-        }
+    // The userspace device blocks SIGINT/SIGTERM to read them from a signalfd (it then only
+    // stops its worker threads). Unblock them in this thread: a process-directed signal goes to
+    // a thread that does not block it, so the default action ends the whole process.
+    // SAFETY: `set` is a local sigset_t initialised by sigemptyset before use; only this
+    // thread's mask changes.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
-    // remove_interface reports a DNS error on hosts without resolvconf after it has already
-    // removed the UAPI socket; the TUN device goes away when this process exits.
-    let _ = api.remove_interface();
-    ExitCode::SUCCESS
+    // Hold the tunnel (its worker threads run) until a signal ends the process.
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The UAPI socket of a userspace tunnel.
+#[must_use]
+pub fn uapi_socket(interface: &str) -> PathBuf {
+    PathBuf::from(format!("/var/run/wireguard/{interface}.sock"))
 }
 
 fn helper_path(cfg: &WireguardConfig) -> Result<PathBuf> {
@@ -615,14 +650,12 @@ fn start_time(pid: u32) -> Option<u64> {
 /// Starts a userspace tunnel through the helper and waits until it reports ready. The helper
 /// is created in the calling thread's network namespace.
 pub fn start_userspace_tunnel(spec: &TunnelSpec, helper: &Path) -> Result<TunnelBackend> {
-    use std::os::unix::process::CommandExt;
     let body = serde_json::to_vec(spec)
         .map_err(|e| Error::new(ErrorCode::Internal, "serialize tunnel spec").with_source(e))?;
     let mut child = Command::new(helper)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .process_group(0)
         .spawn()
         .map_err(|e| {
             setup_err(format!("start the WireGuard helper {}", helper.display())).with_source(e)
@@ -655,9 +688,32 @@ pub fn start_userspace_tunnel(spec: &TunnelSpec, helper: &Path) -> Result<Tunnel
     )))
 }
 
-/// Stops a userspace tunnel helper (SIGTERM, then SIGKILL after 3 s). A helper that is already
-/// gone (or whose pid was reused) is left alone.
-pub fn stop_userspace_tunnel(pid: u32, start: u64) -> Result<()> {
+/// Creates and configures a kernel WireGuard interface in the calling thread's namespace.
+/// Fails (leaving nothing) when the kernel has no WireGuard.
+pub fn start_kernel_tunnel(spec: &TunnelSpec) -> Result<()> {
+    use defguard_wireguard_rs::{Kernel, WGApi, WireguardInterfaceApi};
+    let config = interface_config(spec)?;
+    let mut api = WGApi::<Kernel>::new(spec.interface.clone())
+        .map_err(|e| setup_err("kernel WireGuard").with_source(e))?;
+    api.create_interface()
+        .map_err(|e| setup_err("kernel WireGuard is not available").with_source(e))?;
+    if let Err(e) = api.configure_interface(&config) {
+        let _ = api.remove_interface();
+        return Err(setup_err("configure the kernel WireGuard interface").with_source(e));
+    }
+    Ok(())
+}
+
+/// Stops the userspace tunnel helper of `interface` (SIGTERM, then SIGKILL after 3 s) and
+/// removes its UAPI socket file. A helper that is already gone (or whose pid was reused) is not
+/// signalled.
+pub fn stop_userspace_tunnel(interface: &str, pid: u32, start: u64) -> Result<()> {
+    let r = signal_helper(pid, start);
+    let _ = std::fs::remove_file(uapi_socket(interface));
+    r
+}
+
+fn signal_helper(pid: u32, start: u64) -> Result<()> {
     if start_time(pid) != Some(start) {
         reap(pid);
         return Ok(());
@@ -666,8 +722,8 @@ pub fn stop_userspace_tunnel(pid: u32, start: u64) -> Result<()> {
     let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
-        reap(pid);
         if start_time(pid) != Some(start) {
+            reap(pid);
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -678,12 +734,24 @@ pub fn stop_userspace_tunnel(pid: u32, start: u64) -> Result<()> {
     Ok(())
 }
 
-fn reap(pid: u32) {
-    // Only succeeds when the helper is our own child; otherwise init reaps it.
+/// Reaps the helper if it is this process's own child (otherwise its parent or init does).
+/// Returns whether it is gone for good (reaped, or not our child).
+fn try_reap(pid: u32) -> bool {
     // SAFETY: waitpid with WNOHANG on a specific pid and a null status pointer has no memory
     // effects on this process.
-    unsafe {
-        libc::waitpid(pid.cast_signed(), std::ptr::null_mut(), libc::WNOHANG);
+    let r = unsafe { libc::waitpid(pid.cast_signed(), std::ptr::null_mut(), libc::WNOHANG) };
+    r == pid.cast_signed() || r < 0
+}
+
+/// Waits briefly for a dying child helper so it does not linger as a zombie.
+fn reap(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !try_reap(pid) && Instant::now() < deadline {
+        if start_time(pid).is_some() {
+            // still running (not ours to wait for any longer)
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -760,17 +828,24 @@ pub async fn enable<K: NetKernel>(
             endpoints: resolve_endpoints(p)?,
             config: p.clone(),
         };
-        let helper = helper_path(cfg)?;
-        state.managed = Some(start_userspace_tunnel(&spec, &helper)?);
+        let kernel_attempt = match cfg.backend {
+            BackendChoice::Userspace => None,
+            BackendChoice::Auto | BackendChoice::Kernel => Some(start_kernel_tunnel(&spec)),
+        };
+        state.managed = Some(match (kernel_attempt, cfg.backend) {
+            (Some(Ok(())), _) => TunnelBackend::Kernel,
+            (Some(Err(e)), BackendChoice::Kernel) => return Err(e),
+            _ => start_userspace_tunnel(&spec, &helper_path(cfg)?)?,
+        });
     }
     let warnings = state.warnings.clone();
     let result = install(net, &mut state).await;
     match result {
         Ok(()) => {
-            net.kernel_and_state().1.wireguard = Some(state);
+            net.kernel_and_state().1.wireguard = Some(state.clone());
             if let Err(e) = net.apply_full().await {
-                let _ = remove(net, &state_of(net)).await;
                 net.kernel_and_state().1.wireguard = None;
+                let _ = remove(net, &state).await;
                 let _ = net.apply_full().await;
                 return Err(setup_err("install WireGuard firewall rules").with_source(e));
             }
@@ -785,10 +860,6 @@ pub async fn enable<K: NetKernel>(
             })
         }
     }
-}
-
-fn state_of<K: NetKernel>(net: &HostNetwork<K>) -> WireguardState {
-    net.state().wireguard.clone().expect("set above")
 }
 
 fn rules(pool: Ipv4Net, st: &WireguardState) -> [PolicyRule; 2] {
@@ -820,7 +891,9 @@ async fn install<K: NetKernel>(net: &mut HostNetwork<K>, st: &mut WireguardState
     for dst in &st.routed {
         kernel.add_route(st.table, *dst, Some(index), 0).await?;
     }
-    if st.route_all_vm_traffic {
+    if st.route_all_vm_traffic && st.fail_closed {
+        // If the tunnel route vanishes (interface gone), VM traffic hits this instead of
+        // falling through to the main table and its uplink.
         kernel
             .add_route(st.table, Ipv4Net::default(), None, BLACKHOLE_METRIC)
             .await?;
@@ -856,7 +929,7 @@ async fn remove<K: NetKernel>(net: &mut HostNetwork<K>, st: &WireguardState) -> 
     }
     match &st.managed {
         Some(TunnelBackend::Userspace { pid, start_time }) => {
-            keep(stop_userspace_tunnel(*pid, *start_time));
+            keep(stop_userspace_tunnel(&st.interface, *pid, *start_time));
         }
         Some(TunnelBackend::Kernel) => {
             if let Some(i) = index {
@@ -961,6 +1034,144 @@ mod tests {
     fn table_is_ignored_with_warning() {
         let c = WgQuickConfig::parse(&good().replace("DNS = 1.1.1.1", "Table = off")).unwrap();
         assert!(c.warnings[0].contains("Table"));
+    }
+
+    #[test]
+    fn existing_interface_routing_calls_and_cleanup() {
+        use crate::net::host::{HostNetwork, NetworkConfig};
+        use crate::net::kernel::{Call, RecordingKernel};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut k = RecordingKernel::with_uplink("eth0");
+            k.links.insert("wg7".into(), 7);
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            let cfg = WireguardConfig {
+                mode: WireguardMode::Existing {
+                    interface: "wg7".into(),
+                },
+                ..WireguardConfig::managed("")
+            };
+            enable(&mut net, &cfg).await.unwrap();
+            let pool: Ipv4Net = "172.30.0.0/24".parse().unwrap();
+            let calls = net.kernel_mut().calls.clone();
+            let any: Ipv4Net = Ipv4Net::default();
+            assert!(calls.contains(&Call::AddRoute(DEFAULT_TABLE, any, Some("wg7".into()))));
+            assert!(
+                calls.contains(&Call::AddRoute(DEFAULT_TABLE, any, None)),
+                "blackhole"
+            );
+            let main_rule = PolicyRule {
+                from: pool,
+                to: Some(pool),
+                table: MAIN_TABLE,
+                priority: DEFAULT_RULE_PRIORITY - 1,
+            };
+            let wg_rule = PolicyRule {
+                from: pool,
+                to: None,
+                table: DEFAULT_TABLE,
+                priority: DEFAULT_RULE_PRIORITY,
+            };
+            assert!(calls.contains(&Call::AddRule(main_rule)));
+            assert!(calls.contains(&Call::AddRule(wg_rule)));
+            let last_nft = calls.iter().rev().find_map(|c| match c {
+                Call::Nft(v) => Some(v.to_string()),
+                _ => None,
+            });
+            assert!(last_nft.unwrap().contains("wireguard fail closed"));
+            assert_eq!(
+                enable(&mut net, &cfg).await.unwrap_err().code(),
+                ErrorCode::InvalidState
+            );
+            disable(&mut net).await.unwrap();
+            let calls = net.kernel_mut().calls.clone();
+            assert!(calls.contains(&Call::DelRule(wg_rule)));
+            assert!(calls.contains(&Call::DelRule(main_rule)));
+            assert!(calls.contains(&Call::DelRoute(DEFAULT_TABLE, any, Some("wg7".into()))));
+            assert!(
+                !calls.contains(&Call::DeleteLink("wg7".into())),
+                "never deleted"
+            );
+            assert!(net.state().wireguard.is_none());
+            let last_nft = calls.iter().rev().find_map(|c| match c {
+                Call::Nft(v) => Some(v.to_string()),
+                _ => None,
+            });
+            assert!(!last_nft.unwrap().contains("wireguard"));
+        });
+    }
+
+    #[test]
+    fn routing_failure_rolls_back() {
+        use crate::net::host::{HostNetwork, NetworkConfig};
+        use crate::net::kernel::{Call, RecordingKernel};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut k = RecordingKernel::with_uplink("eth0");
+            k.links.insert("wg7".into(), 7);
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            net.kernel_mut().fail_on = Some("AddRule".into());
+            let cfg = WireguardConfig {
+                mode: WireguardMode::Existing {
+                    interface: "wg7".into(),
+                },
+                ..WireguardConfig::managed("")
+            };
+            let e = enable(&mut net, &cfg).await.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::WireguardSetupFailed);
+            assert!(net.state().wireguard.is_none());
+            let calls = net.kernel_mut().calls.clone();
+            let any = Ipv4Net::default();
+            assert!(calls.contains(&Call::DelRoute(DEFAULT_TABLE, any, Some("wg7".into()))));
+            assert!(calls.contains(&Call::DelRoute(DEFAULT_TABLE, any, None)));
+        });
+    }
+
+    #[test]
+    fn firewall_failure_rolls_back_routing() {
+        use crate::net::host::{HostNetwork, NetworkConfig};
+        use crate::net::kernel::{Call, RecordingKernel};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut k = RecordingKernel::with_uplink("eth0");
+            k.links.insert("wg7".into(), 7);
+            let mut net = HostNetwork::setup(k, NetworkConfig::default())
+                .await
+                .unwrap();
+            net.kernel_mut().fail_on = Some("wireguard fail closed".into());
+            let cfg = WireguardConfig {
+                mode: WireguardMode::Existing {
+                    interface: "wg7".into(),
+                },
+                ..WireguardConfig::managed("")
+            };
+            let e = enable(&mut net, &cfg).await.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::WireguardSetupFailed);
+            assert!(net.state().wireguard.is_none());
+            let calls = net.kernel_mut().calls.clone();
+            let pool: Ipv4Net = "172.30.0.0/24".parse().unwrap();
+            let wg_rule = PolicyRule {
+                from: pool,
+                to: None,
+                table: DEFAULT_TABLE,
+                priority: DEFAULT_RULE_PRIORITY,
+            };
+            assert!(calls.contains(&Call::DelRule(wg_rule)));
+            let Some(Call::Nft(last)) = calls.last() else {
+                panic!("the table is re-applied last")
+            };
+            assert!(!last.to_string().contains("wireguard"));
+        });
     }
 
     #[test]
