@@ -11,6 +11,8 @@ cargo build --workspace --all-targets --quiet
 # this works on the stable toolchain.
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
 (cd fuzz && cargo fuzz build -s none)
-cargo test --workspace --all-targets --no-fail-fast
-# Doctests (not part of --all-targets).
+# Benchmarks are built above (and linted by CI) but not run here: they are timed runs, see
+# docs/benchmarks.md.
+cargo test --workspace --lib --bins --tests --no-fail-fast
+# Doctests.
 cargo test --workspace --doc --quiet
