@@ -21,6 +21,9 @@
 //! The decoder never panics: unknown kinds, oversized lengths and malformed JSON are errors.
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod io;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
