@@ -320,6 +320,22 @@ impl FirecrackerClient {
         }
     }
 
+    /// Any method and path with an optional JSON body, with a non-2xx answer turned into
+    /// [`ErrorCode::ApiError`] exactly as the typed methods do (for request sequences built
+    /// elsewhere, such as [`crate::config::FirecrackerPayloads::requests`]).
+    ///
+    /// # Errors
+    /// [`ErrorCode::ApiError`], [`ErrorCode::SocketRequestFailed`], [`ErrorCode::ApiTimeout`].
+    pub async fn request_checked(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<ApiResponse> {
+        self.call(method, path, body, self.options.request_timeout)
+            .await
+    }
+
     async fn call<B: Serialize + ?Sized>(
         &self,
         method: Method,

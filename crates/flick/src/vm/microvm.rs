@@ -344,32 +344,9 @@ impl MicroVm {
         self.wait_api(inner, &client).await?;
 
         for call in payloads.requests() {
-            let body = serde_json::to_vec(&call.body).map_err(|e| {
-                Error::new(ErrorCode::Internal, format!("cannot encode {}", call.path))
-                    .with_source(e)
-            })?;
-            let resp = client
-                .request(call.method.clone(), &call.path, Some(body.into()))
+            client
+                .request_checked(call.method.clone(), &call.path, Some(&call.body))
                 .await?;
-            if !resp.ok {
-                return Err(Error::new(
-                    ErrorCode::ApiError,
-                    format!(
-                        "{} {} answered {}: {}",
-                        call.method,
-                        call.path,
-                        resp.status,
-                        resp.fault_message().unwrap_or_default()
-                    ),
-                )
-                .with_status(resp.status)
-                .with_details(json!({
-                    "method": call.method.as_str(),
-                    "path": call.path,
-                    "status": resp.status,
-                    "fault_message": resp.fault_message(),
-                })));
-            }
         }
         client.instance_start().await?;
         Ok(())
@@ -667,23 +644,9 @@ impl MicroVm {
     pub async fn update_balloon(&self, update: &BalloonUpdate) -> Result<()> {
         let (_inner, client) = self.checked(Operation::UpdateBalloon).await?;
         for call in update.api_calls(&self.config)? {
-            let body = serde_json::to_vec(&call.body).unwrap_or_default();
-            let resp = client
-                .request(call.method.clone(), &call.path, Some(body.into()))
+            client
+                .request_checked(call.method.clone(), &call.path, Some(&call.body))
                 .await?;
-            if !resp.ok {
-                return Err(Error::new(
-                    ErrorCode::ApiError,
-                    format!(
-                        "{} {} answered {}: {}",
-                        call.method,
-                        call.path,
-                        resp.status,
-                        resp.fault_message().unwrap_or_default()
-                    ),
-                )
-                .with_status(resp.status));
-            }
         }
         Ok(())
     }
