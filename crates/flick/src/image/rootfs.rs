@@ -8,23 +8,15 @@
 //!
 //! Both remove their output on failure.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt as _;
+use std::fs::OpenOptions;
 use std::path::Path;
 
-use rustix::fs::SeekFrom;
 use serde_json::json;
 
 use crate::error::{Error, ErrorCode, Result};
 
-/// How a clone was made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloneMethod {
-    /// A reflink: the clone shares the source's blocks.
-    Reflink,
-    /// A copy of the allocated ranges; holes stay holes.
-    SparseCopy,
-}
+/// How a clone was made: the same copier the runtime stages drives with.
+pub use crate::runtime::staging::StageMethod as CloneMethod;
 
 /// Creates a blank ext4 image of `size_mib` MiB at `path` (which must not exist).
 ///
@@ -78,68 +70,5 @@ pub fn create_blank_ext4(path: &Path, size_mib: u64) -> Result<()> {
 /// [`ErrorCode::RootfsCloneFailed`] naming the path that failed. Nothing is left at `dst` on
 /// error.
 pub fn clone_rootfs(src: &Path, dst: &Path) -> Result<CloneMethod> {
-    let input =
-        File::open(src).map_err(|e| Error::io(ErrorCode::RootfsCloneFailed, "opening", src, e))?;
-    let meta = input
-        .metadata()
-        .map_err(|e| Error::io(ErrorCode::RootfsCloneFailed, "inspecting", src, e))?;
-    if !meta.is_file() {
-        return Err(Error::new(
-            ErrorCode::RootfsCloneFailed,
-            format!("{} is not a regular file", src.display()),
-        ));
-    }
-    let output = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dst)
-        .map_err(|e| Error::io(ErrorCode::RootfsCloneFailed, "creating", dst, e))?;
-    let result = (|| {
-        if rustix::fs::ioctl_ficlone(&output, &input).is_ok() {
-            output
-                .sync_all()
-                .map_err(|e| Error::io(ErrorCode::RootfsCloneFailed, "syncing", dst, e))?;
-            return Ok(CloneMethod::Reflink);
-        }
-        sparse_copy(&input, &output, meta.len(), src, dst)?;
-        Ok(CloneMethod::SparseCopy)
-    })();
-    if result.is_err() {
-        drop(output);
-        let _ = std::fs::remove_file(dst);
-    }
-    result
-}
-
-fn sparse_copy(input: &File, output: &File, len: u64, src: &Path, dst: &Path) -> Result<()> {
-    let read_err = |e: std::io::Error| Error::io(ErrorCode::RootfsCloneFailed, "reading", src, e);
-    let write_err = |e: std::io::Error| Error::io(ErrorCode::RootfsCloneFailed, "writing", dst, e);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    while pos < len {
-        let start = match rustix::fs::seek(input, SeekFrom::Data(pos)) {
-            Ok(off) => off,
-            Err(rustix::io::Errno::NXIO) => break, // only a hole remains
-            Err(rustix::io::Errno::INVAL) => pos,  // no SEEK_DATA support: copy everything
-            Err(e) => return Err(read_err(e.into())),
-        };
-        let end = match rustix::fs::seek(input, SeekFrom::Hole(start)) {
-            Ok(off) => off.min(len),
-            Err(_) => len,
-        };
-        let mut off = start;
-        while off < end {
-            let want = usize::try_from((end - off).min(buf.len() as u64)).unwrap_or(buf.len());
-            let n = input.read_at(&mut buf[..want], off).map_err(read_err)?;
-            if n == 0 {
-                break;
-            }
-            output.write_all_at(&buf[..n], off).map_err(write_err)?;
-            off += n as u64;
-        }
-        pos = end.max(start + 1);
-    }
-    output.set_len(len).map_err(write_err)?;
-    output.sync_all().map_err(write_err)?;
-    Ok(())
+    crate::runtime::staging::stage_file(src, dst, ErrorCode::RootfsCloneFailed)
 }
