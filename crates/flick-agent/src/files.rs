@@ -3,12 +3,11 @@
 use crate::session::{Closed, bad_frame};
 use crate::wire::{FrameReader, FrameWriter};
 use flick_proto::{
-    DataEnd, ErrorBody, FileInfo, FileKind, Kind, Message, Response, TRANSFER_CHUNK_SIZE,
-    UploadRequest, codes,
+    DataEnd, ErrorBody, FileInfo, FileKind, Kind, Message, Response, UploadRequest, codes,
 };
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,43 +161,6 @@ fn write_chunks(
         }
     }
     (hasher, size, err)
-}
-
-/// Reads a file in transfer chunks on a blocking thread, hashing as it goes.
-fn read_chunks(
-    mut file: fs::File,
-    checksum: bool,
-    tx: &tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
-) -> Option<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    loop {
-        let mut buf = vec![0u8; TRANSFER_CHUNK_SIZE];
-        let n = match file.read(&mut buf) {
-            Ok(0) => {
-                let digest = if checksum {
-                    hex::encode(hasher.finalize())
-                } else {
-                    String::new()
-                };
-                return Some((size, digest));
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return None;
-            }
-        };
-        buf.truncate(n);
-        if checksum {
-            hasher.update(&buf);
-        }
-        size += n as u64;
-        if tx.blocking_send(Ok(buf)).is_err() {
-            return None;
-        }
-    }
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -397,7 +359,8 @@ pub async fn download<W: AsyncWrite + Unpin>(
     .await
     .map_err(|_| Closed)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
-    let reader = tokio::task::spawn_blocking(move || read_chunks(file, checksum, &tx));
+    let reader =
+        tokio::task::spawn_blocking(move || flick_proto::io::read_chunks(file, checksum, &tx));
     while let Some(chunk) = rx.recv().await {
         match chunk {
             Ok(data) => wr.send_data(Kind::Data, &data).await.map_err(|_| Closed)?,

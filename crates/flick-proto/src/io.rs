@@ -173,3 +173,46 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner.flush().await
     }
 }
+
+/// Reads `file` in [`crate::TRANSFER_CHUNK_SIZE`] chunks on a blocking thread and sends them to
+/// `tx`, hashing with SHA-256 as it goes when `checksum` is set. Returns the size and the hex
+/// digest (empty without `checksum`), or `None` when reading failed (the error was sent) or the
+/// receiver went away.
+#[must_use]
+pub fn read_chunks(
+    mut file: std::fs::File,
+    checksum: bool,
+    tx: &tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
+) -> Option<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        let mut buf = vec![0u8; crate::TRANSFER_CHUNK_SIZE];
+        let n = match file.read(&mut buf) {
+            Ok(0) => {
+                let digest = if checksum {
+                    hex::encode(hasher.finalize())
+                } else {
+                    String::new()
+                };
+                return Some((size, digest));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return None;
+            }
+        };
+        buf.truncate(n);
+        if checksum {
+            hasher.update(&buf);
+        }
+        size += n as u64;
+        if tx.blocking_send(Ok(buf)).is_err() {
+            return None;
+        }
+    }
+}

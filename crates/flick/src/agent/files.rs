@@ -3,10 +3,7 @@
 
 use super::{AgentClient, Conn, agent_error, io_error, protocol_error, read_error};
 use crate::error::{Error, ErrorCode, Result};
-use flick_proto::{
-    CHUNK_SIZE, DataEnd, FileKind, Kind, Message, Request, Response, TRANSFER_CHUNK_SIZE,
-    UploadRequest,
-};
+use flick_proto::{CHUNK_SIZE, DataEnd, FileKind, Kind, Message, Request, Response, UploadRequest};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -150,43 +147,6 @@ async fn upload_chunks(
         other => Err(protocol_error(format!(
             "upload of {path}: unexpected answer {other:?}"
         ))),
-    }
-}
-
-fn read_chunks(
-    mut file: std::fs::File,
-    checksum: bool,
-    tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
-) -> Option<(u64, String)> {
-    use std::io::Read;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    loop {
-        let mut buf = vec![0u8; TRANSFER_CHUNK_SIZE];
-        let n = match file.read(&mut buf) {
-            Ok(0) => {
-                let digest = if checksum {
-                    hex::encode(hasher.finalize())
-                } else {
-                    String::new()
-                };
-                return Some((size, digest));
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return None;
-            }
-        };
-        buf.truncate(n);
-        if checksum {
-            hasher.update(&buf);
-        }
-        size += n as u64;
-        if tx.blocking_send(Ok(buf)).is_err() {
-            return None;
-        }
     }
 }
 
@@ -396,7 +356,8 @@ impl AgentClient {
         let checksum = !opts.skip_checksum;
         let (mut conn, _) = self.checkout().await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let reader = tokio::task::spawn_blocking(move || read_chunks(file, checksum, &tx));
+        let reader =
+            tokio::task::spawn_blocking(move || flick_proto::io::read_chunks(file, checksum, &tx));
         let result = upload_chunks(&mut conn, rx, reader, req, local).await;
         if result.is_ok() {
             self.give_back(conn);
