@@ -142,10 +142,12 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// A supervised process this program spawned.
+/// A supervised process: one this program spawned, or one it adopted after a restart
+/// ([`SupervisedProcess::adopt`]), identified by pid and start time.
 #[derive(Debug)]
 pub struct SupervisedProcess {
-    child: tokio::process::Child,
+    // `None` for an adopted process: not our child, so it is watched through `/proc`.
+    child: Option<tokio::process::Child>,
     identity: ProcessIdentity,
     log_path: PathBuf,
     exit: Option<ExitStatus>,
@@ -205,11 +207,40 @@ impl SupervisedProcess {
         // The child exists until we reap it, so its stat is readable even if it already exited.
         let start_time = read_start_time(pid).unwrap_or(0);
         Ok(Self {
-            child,
+            child: Some(child),
             identity: ProcessIdentity { pid, start_time },
             log_path: spec.log_path.clone(),
             exit: None,
         })
+    }
+
+    /// Supervises a live process another program (or an earlier run of this one) spawned,
+    /// such as a VMM left running by a CLI that has exited. Its exit is noticed by polling
+    /// `/proc`; an adopted process that exits reports a success status (its real status went
+    /// to its parent).
+    ///
+    /// # Errors
+    /// [`ErrorCode::ProcessFailed`] when that exact process (pid and start time) is gone.
+    pub fn adopt(identity: ProcessIdentity, log_path: impl Into<PathBuf>) -> Result<Self> {
+        if !identity.is_alive() {
+            return Err(Error::new(
+                ErrorCode::ProcessFailed,
+                format!("process {} is not running any more", identity.pid),
+            )
+            .with_details(json!({ "pid": identity.pid, "start_time": identity.start_time })));
+        }
+        Ok(Self {
+            child: None,
+            identity,
+            log_path: log_path.into(),
+            exit: None,
+        })
+    }
+
+    /// Whether this process was adopted rather than spawned here.
+    #[must_use]
+    pub fn is_adopted(&self) -> bool {
+        self.child.is_none()
     }
 
     /// Pid and start time.
@@ -227,7 +258,11 @@ impl SupervisedProcess {
     /// The exit status, if the process has exited (reaps it).
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
-            self.exit = self.child.try_wait().ok().flatten();
+            self.exit = match &mut self.child {
+                Some(child) => child.try_wait().ok().flatten(),
+                None if self.identity.is_alive() => None,
+                None => Some(std::os::unix::process::ExitStatusExt::from_raw(0)),
+            };
         }
         self.exit
     }
@@ -242,7 +277,13 @@ impl SupervisedProcess {
         if let Some(status) = self.try_exit() {
             return Some(status);
         }
-        match tokio::time::timeout(timeout, self.child.wait()).await {
+        let Some(child) = self.child.as_mut() else {
+            if wait_gone(self.identity, timeout).await {
+                return self.try_exit();
+            }
+            return None;
+        };
+        match tokio::time::timeout(timeout, child.wait()).await {
             Ok(Ok(status)) => {
                 self.exit = Some(status);
                 Some(status)
