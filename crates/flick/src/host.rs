@@ -310,6 +310,23 @@ impl Host {
         self.insert(Arc::new(vm))
     }
 
+    /// Re-attaches to a running VM another process started and [`detach`](MicroVm::detach)ed
+    /// (see [`MicroVm::attach`]) and tracks it like any other VM of this host.
+    ///
+    /// # Errors
+    /// [`ErrorCode::AlreadyExists`] when this host already tracks that id; the errors of
+    /// [`MicroVm::attach`].
+    pub async fn attach_vm(&self, record: crate::vm::AttachRecord) -> Result<Arc<MicroVm>> {
+        if self.lock().contains_key(&record.status.id) {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("a VM with id {:?} exists already", record.status.id),
+            ));
+        }
+        let vm = MicroVm::attach(record, self.vm_options().await?).await?;
+        self.insert(Arc::new(vm))
+    }
+
     /// A VM by id.
     #[must_use]
     pub fn get_vm(&self, id: &str) -> Option<Arc<MicroVm>> {

@@ -782,3 +782,70 @@ async fn a_host_is_usable_again_after_cleanup() {
         assert!(fx.runtime_entries().is_empty());
     }
 }
+
+#[tokio::test]
+async fn a_detached_vm_is_reattached_by_another_host_and_fully_usable() {
+    let fx = Fixture::new();
+    let first = fx.host();
+    let vm = first.create_vm("survivor", fx.config()).await.unwrap();
+    vm.start().await.unwrap();
+    vm.pause().await.unwrap();
+    vm.detach().await;
+    // The record goes through JSON, as it would through a state file.
+    let record: flick::vm::AttachRecord =
+        serde_json::from_str(&serde_json::to_string(&vm.attach_record().await).unwrap()).unwrap();
+    let pid = record.status.process.unwrap().pid;
+    let runtime = record.status.runtime_dir.clone().unwrap();
+    drop(vm);
+    drop(first);
+    assert!(
+        !group_members(pid).is_empty(),
+        "the detached VM survives its host"
+    );
+
+    let second = fx.host();
+    let vm = second.attach_vm(record.clone()).await.unwrap();
+    assert_eq!(vm.state(), VmState::Paused, "state comes from Firecracker");
+    assert_eq!(second.vm_count(), 1);
+    assert_eq!(
+        second.attach_vm(record.clone()).await.unwrap_err().code(),
+        ErrorCode::AlreadyExists
+    );
+    vm.resume().await.unwrap();
+    assert_eq!(vm.info().await.unwrap().state, InstanceState::Running);
+    assert_eq!(vm.effective_config().await, record.effective_config);
+    assert_eq!(vm.stop().await.unwrap(), StopOutcome::Graceful);
+    vm.cleanup().await.unwrap();
+    assert!(group_members(pid).is_empty());
+    assert!(!runtime.exists());
+
+    // The process is gone now: attaching again says so instead of pretending.
+    let err = fx.host().attach_vm(record).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ProcessFailed);
+}
+
+#[tokio::test]
+async fn an_adopted_vmm_that_dies_is_noticed_as_stopped() {
+    let fx = Fixture::new();
+    let first = fx.host();
+    let vm = first.create_vm("orphan", fx.config()).await.unwrap();
+    vm.start().await.unwrap();
+    vm.detach().await;
+    let record = vm.attach_record().await;
+    drop(vm);
+    drop(first);
+    let second = fx.host();
+    let vm = second.attach_vm(record.clone()).await.unwrap();
+    assert_eq!(vm.state(), VmState::Running);
+    let pid = record.status.process.unwrap().pid;
+    rustix::process::kill_process_group(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let err = vm.pause().await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidState, "{err:?}");
+    assert_eq!(vm.state(), VmState::Stopped);
+    second.cleanup().await.unwrap();
+    assert!(!record.status.runtime_dir.unwrap().exists());
+}

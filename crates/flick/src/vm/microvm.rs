@@ -779,6 +779,89 @@ impl MicroVm {
     }
 }
 
+impl MicroVm {
+    /// What another process needs to [`attach`](Self::attach) to this VM later: the caller's
+    /// config, the config Firecracker received, and the status (process identity, runtime
+    /// dir, staged drives, TAPs). Store it next to a [`detach`](Self::detach)ed VM.
+    pub async fn attach_record(&self) -> AttachRecord {
+        let effective_config = self.effective_config().await;
+        AttachRecord {
+            config: self.config.clone(),
+            effective_config,
+            status: self.status().await,
+        }
+    }
+
+    /// Re-attaches to a VM whose Firecracker another process started (a CLI that has exited,
+    /// or an orchestrator that crashed): adopts the process by pid and start time, reopens its
+    /// runtime dir and API socket, and asks Firecracker whether it is running or paused. The
+    /// result is a normal `MicroVm`; drop it after [`detach`](Self::detach) to leave the VM
+    /// running.
+    ///
+    /// # Errors
+    /// [`ErrorCode::ProcessFailed`] when that exact process is gone (the caller should then
+    /// clean up what the record names), [`ErrorCode::InvalidState`] when the record has no
+    /// process or runtime dir, and the API codes when Firecracker does not answer.
+    pub async fn attach(record: AttachRecord, options: VmRuntimeOptions) -> Result<Self> {
+        let status = record.status;
+        let (Some(identity), Some(dir)) = (status.process, status.runtime_dir.clone()) else {
+            return Err(Error::new(
+                ErrorCode::InvalidState,
+                format!("VM {} has no running Firecracker to attach to", status.id),
+            )
+            .with_details(json!({ "state": status.state })));
+        };
+        let runtime = RuntimeDir::open(dir);
+        let process = SupervisedProcess::adopt(identity, runtime.log_path())?;
+        let client = FirecrackerClient::with_options(runtime.api_socket(), options.client);
+        let info = client.describe_instance().await?;
+        let state = match info.state {
+            models::InstanceState::Paused => VmState::Paused,
+            models::InstanceState::Running => VmState::Running,
+            models::InstanceState::NotStarted => {
+                return Err(Error::new(
+                    ErrorCode::InvalidState,
+                    format!(
+                        "VM {} was never booted; only a booted VM can be attached",
+                        status.id
+                    ),
+                )
+                .with_details(json!({ "firecracker_state": info.state })));
+            }
+        };
+        Ok(Self {
+            id: status.id,
+            config: record.config,
+            options,
+            created_at: status.created_at,
+            inner: Mutex::new(Inner {
+                state,
+                runtime: Some(runtime),
+                process: Some(process),
+                client: Some(client),
+                effective: record.effective_config,
+                staged: status.staged_drives,
+                taps: status.tap_devices,
+                last_error: None,
+                detached: false,
+            }),
+            state: StdMutex::new(state),
+        })
+    }
+}
+
+/// Everything needed to re-attach to a running VM from another process
+/// ([`MicroVm::attach_record`], [`MicroVm::attach`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachRecord {
+    /// The caller's configuration.
+    pub config: VmConfig,
+    /// The configuration Firecracker received (staged paths, sockets).
+    pub effective_config: Option<VmConfig>,
+    /// Process, runtime dir, staged drives, TAPs.
+    pub status: VmStatus,
+}
+
 /// A path inside `runtime` as Firecracker sees it: through the view when one is used.
 pub(crate) fn fc_path(view: Option<&Path>, runtime: &RuntimeDir, host_path: &Path) -> PathBuf {
     match (view, host_path.strip_prefix(runtime.path())) {

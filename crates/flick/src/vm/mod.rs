@@ -9,6 +9,6 @@ pub mod microvm;
 pub mod snapshot;
 pub mod state;
 
-pub use microvm::{MicroVm, StagedDrive, StopOutcome, VmRuntimeOptions, VmStatus};
+pub use microvm::{AttachRecord, MicroVm, StagedDrive, StopOutcome, VmRuntimeOptions, VmStatus};
 pub use snapshot::{Snapshot, SnapshotKind, SnapshotOptions};
 pub use state::{Operation, VmState};
