@@ -62,3 +62,13 @@ pub fn print_error(globals: &Globals, err: &anyhow::Error) -> ExitCode {
     }
     ExitCode::from(EXIT_FLICK_ERROR)
 }
+
+/// "3s ago", "5m ago", "2h ago", "4d ago".
+pub fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86_400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
