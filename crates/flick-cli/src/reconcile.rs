@@ -195,13 +195,22 @@ pub async fn reconcile_all(ctx: &Ctx) -> anyhow::Result<Vec<VmRecord>> {
     Ok(out)
 }
 
+/// A process `flick gc` killed.
+#[derive(Debug, Serialize)]
+pub struct KilledProcess {
+    /// Its pid.
+    pub pid: i32,
+    /// The VM id it was marked with.
+    pub vm: String,
+}
+
 /// What `flick gc` reclaimed.
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
     /// Records whose state was fixed.
     pub reconciled: Vec<String>,
-    /// Orphaned Firecracker processes killed (pid and VM id).
-    pub killed_processes: Vec<(i32, String)>,
+    /// Orphaned Firecracker processes killed.
+    pub killed_processes: Vec<KilledProcess>,
     /// Runtime dirs removed.
     pub removed_runtime_dirs: Vec<PathBuf>,
     /// Network entries (TAP, addresses, firewall chain) of VMs without a record.
@@ -239,7 +248,10 @@ pub async fn gc(ctx: &Ctx) -> anyhow::Result<GcReport> {
         });
         if !owned {
             terminate_detached(identity, Duration::from_millis(500)).await;
-            report.killed_processes.push((identity.pid, vm));
+            report.killed_processes.push(KilledProcess {
+                pid: identity.pid,
+                vm,
+            });
         }
     }
     // Runtime dirs of VMs that do not run.

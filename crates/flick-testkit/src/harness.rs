@@ -13,7 +13,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,28 +21,33 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-static BUILT: OnceLock<PathBuf> = OnceLock::new();
-static BUILD_LOCK: Mutex<()> = Mutex::new(());
+static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
 
-/// Path of the built `fc-double` binary.
-///
-/// The binary lives next to the test executable's directory (`target/<profile>/fc-double`; the
-/// test itself runs from `target/<profile>/deps/`). When the test runs under cargo (`$CARGO` is
-/// set), the binary is brought up to date once per process with
-/// `$CARGO build -p flick-testkit --bin fc-double` for the same profile and target directory, so
-/// other crates' tests never run a stale double; cargo's own lock serializes concurrent builds.
-/// Outside cargo an existing binary is used as it is.
+/// Path of the built `fc-double` binary (see [`workspace_binary`]).
 ///
 /// # Panics
 /// When the binary cannot be found or built: a test cannot run without it.
 pub fn fc_double_path() -> PathBuf {
-    if let Some(path) = BUILT.get() {
-        return path.clone();
-    }
-    let _guard = BUILD_LOCK
+    workspace_binary("flick-testkit", "fc-double")
+}
+
+/// Path of binary `bin` of workspace package `package`, built for the running test's profile.
+///
+/// The binary lives next to the test executable's directory (`target/<profile>/<bin>`; the
+/// test itself runs from `target/<profile>/deps/`). When the test runs under cargo (`$CARGO` is
+/// set), the binary is brought up to date once per process with
+/// `$CARGO build -p <package> --bin <bin>` for the same profile and target directory, so tests
+/// never run a stale binary; cargo's own lock serializes concurrent builds. Outside cargo an
+/// existing binary is used as it is.
+///
+/// # Panics
+/// When the binary cannot be found or built: a test cannot run without it.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    // Held across the build: one build per binary and process.
+    let mut built = BUILT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(path) = BUILT.get() {
+    if let Some((_, path)) = built.iter().find(|(b, _)| b == bin) {
         return path.clone();
     }
     let exe = std::env::current_exe().expect("the test executable has a path");
@@ -53,19 +58,22 @@ pub fn fc_double_path() -> PathBuf {
     if profile_dir.ends_with("deps") {
         profile_dir.pop();
     }
-    let candidate = profile_dir.join("fc-double");
+    let candidate = profile_dir.join(bin);
     let cargo = std::env::var("CARGO").ok();
     if cargo.is_some() || !candidate.exists() {
         build(
             cargo.as_deref().unwrap_or("cargo"),
             &profile_dir,
             &candidate,
+            package,
+            bin,
         );
     }
-    BUILT.get_or_init(|| candidate).clone()
+    built.push((bin.to_string(), candidate.clone()));
+    candidate
 }
 
-fn build(cargo: &str, profile_dir: &Path, candidate: &Path) {
+fn build(cargo: &str, profile_dir: &Path, candidate: &Path, package: &str, bin: &str) {
     let profile = profile_dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -76,28 +84,23 @@ fn build(cargo: &str, profile_dir: &Path, candidate: &Path) {
         .expect("profile directory has a parent")
         .to_path_buf();
     let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-p",
-        "flick-testkit",
-        "--bin",
-        "fc-double",
-        "--target-dir",
-    ])
-    .arg(&target_dir);
+    cmd.args(["build", "-p", package, "--bin", bin, "--target-dir"])
+        .arg(&target_dir);
     if profile != "debug" {
         cmd.args(["--profile", &profile]);
     }
-    let out = cmd.output().expect("running cargo to build fc-double");
+    let out = cmd
+        .output()
+        .expect("running cargo to build a workspace binary");
     assert!(
         out.status.success(),
-        "building fc-double failed ({}):\n{}",
+        "building {bin} failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         candidate.exists(),
-        "fc-double was built but is not at {}",
+        "{bin} was built but is not at {}",
         candidate.display()
     );
 }

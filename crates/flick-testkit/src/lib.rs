@@ -17,4 +17,4 @@ pub mod harness;
 pub mod spec;
 pub mod transcript;
 
-pub use harness::{FcDouble, FcDoubleOptions, fc_double_path, raw_request};
+pub use harness::{FcDouble, FcDoubleOptions, fc_double_path, raw_request, workspace_binary};

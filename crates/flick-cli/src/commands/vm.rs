@@ -407,8 +407,8 @@ pub async fn gc(ctx: &Ctx, _cmd: &GcCmd) -> anyhow::Result<ExitCode> {
         for id in &report.reconciled {
             println!("reconciled VM {id}");
         }
-        for (pid, vm) in &report.killed_processes {
-            println!("killed orphaned Firecracker {pid} (VM {vm})");
+        for k in &report.killed_processes {
+            println!("killed orphaned Firecracker {} (VM {})", k.pid, k.vm);
         }
         for dir in &report.removed_runtime_dirs {
             println!("removed runtime dir {}", dir.display());

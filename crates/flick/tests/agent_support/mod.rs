@@ -5,49 +5,16 @@
 use flick::agent::{AgentClient, AgentTransport};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "test-token-0123456789";
 
 /// The flick-agent binary: `$FLICK_AGENT_BIN`, else built once with `$CARGO build -p flick-agent`.
 pub fn agent_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("FLICK_AGENT_BIN") {
-            return PathBuf::from(p);
-        }
-        // target/<profile>/deps/<test> -> target/<profile>/flick-agent, built with that profile.
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let profile = profile_dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "flick-agent", "--bin", "flick-agent"]);
-        if profile != "debug" {
-            cmd.args([
-                "--profile",
-                if profile == "release" {
-                    "release"
-                } else {
-                    &profile
-                },
-            ]);
-        }
-        let status = cmd
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build -p flick-agent");
-        assert!(status.success(), "cargo build -p flick-agent failed");
-        let bin = profile_dir.join("flick-agent");
-        assert!(bin.is_file(), "{} missing after build", bin.display());
-        bin
-    })
-    .clone()
+    match std::env::var_os("FLICK_AGENT_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => flick_testkit::workspace_binary("flick-agent", "flick-agent"),
+    }
 }
 
 /// An agent process on a Unix socket in a temp dir; killed on drop.

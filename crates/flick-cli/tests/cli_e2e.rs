@@ -1,0 +1,319 @@
+//! The `flick` binary end to end: create → exec → upload → download → snapshot → restore (×3)
+//! → stop → rm, in human and `--json` modes, every JSON document checked against
+//! `tests/schemas.yaml`, exit codes propagated, and nothing left behind.
+
+mod cli_common;
+
+use cli_common::Env;
+use flick_testkit::spec::Spec;
+use serde_json::{Value, json};
+
+fn schemas() -> Spec {
+    Spec::from_yaml(include_str!("schemas.yaml")).expect("schemas parse")
+}
+
+fn check(spec: &Spec, definition: &str, doc: &Value) {
+    let problems = spec.validate_body(
+        &json!({ "$ref": format!("#/definitions/{definition}") }),
+        doc,
+    );
+    assert!(
+        problems.is_empty(),
+        "{definition} does not match its schema: {problems:?}\n{doc:#}"
+    );
+}
+
+fn ndjson(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not NDJSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn json_mode_full_flow_with_schemas() {
+    let env = Env::new();
+    let spec = schemas();
+    let vm = env.json(&[
+        "create", "--name", "box", "--cpus", "2", "--memory", "256M", "--disk", "32M",
+    ]);
+    check(&spec, "Vm", &vm);
+    assert_eq!(vm["state"], "running");
+    assert_eq!(vm["cpus"], 2);
+    assert_eq!(vm["memory_mib"], 256);
+    let ip = vm["ip"].as_str().expect("an address").to_string();
+    let tap = vm["tap"].as_str().expect("a TAP").to_string();
+    assert!(
+        env.links().contains(&tap),
+        "TAP {tap} exists: {:?}",
+        env.links()
+    );
+
+    let list = env.json(&["ls"]);
+    check(&spec, "VmList", &list);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["ip"], ip.as_str());
+
+    // exec: NDJSON events, stdout and stderr apart, the exit code propagated.
+    let out = env.run(&[
+        "--json",
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let events = ndjson(&String::from_utf8(out.stdout).unwrap());
+    for e in &events {
+        check(&spec, "ExecEvent", e);
+    }
+    assert!(events.contains(&json!({ "stream": "stdout", "data": "out\n" })));
+    assert!(events.contains(&json!({ "stream": "stderr", "data": "err\n" })));
+    assert_eq!(events.last().unwrap()["exit"]["code"], 3);
+
+    // Files, both ways, checked by content.
+    let local = env.dir.path().join("in.bin");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&local, &bytes).unwrap();
+    let remote = env.dir.path().join("guest/in.bin");
+    let up = env.json(&[
+        "upload",
+        "box",
+        local.to_str().unwrap(),
+        remote.to_str().unwrap(),
+    ]);
+    check(&spec, "Upload", &up);
+    assert_eq!(up["size"], bytes.len());
+    let back = env.dir.path().join("back.bin");
+    let down = env.json(&[
+        "download",
+        "box",
+        remote.to_str().unwrap(),
+        back.to_str().unwrap(),
+    ]);
+    check(&spec, "Download", &down);
+    assert_eq!(std::fs::read(&back).unwrap(), bytes);
+    assert_eq!(up["sha256"], down["sha256"]);
+
+    // Snapshot, then three clones from it, each reachable.
+    let snap = env.json(&["snapshot", "create", "box", "--name", "s1"]);
+    check(&spec, "Snapshot", &snap);
+    check(&spec, "SnapshotList", &env.json(&["snapshot", "ls"]));
+    let clones = env.json(&[
+        "snapshot", "restore", "s1", "--count", "3", "--name", "clone",
+    ]);
+    check(&spec, "VmList", &clones);
+    let clones = clones.as_array().unwrap();
+    assert_eq!(clones.len(), 3);
+    let mut taps = std::collections::BTreeSet::from([tap.clone()]);
+    for c in clones {
+        assert_eq!(c["state"], "running");
+        taps.insert(c["tap"].as_str().unwrap().to_string());
+        let out = env.ok(&["exec", c["name"].as_str().unwrap(), "--", "echo", "alive"]);
+        assert_eq!(out, "alive\n");
+    }
+    assert_eq!(taps.len(), 4, "every clone has its own TAP");
+    let all = env.json(&["ls"]);
+    assert_eq!(all.as_array().unwrap().len(), 4);
+
+    let inspect = env.json(&["inspect", "box"]);
+    check(&spec, "Inspect", &inspect);
+    assert_eq!(
+        inspect["agent_token"], "<set>",
+        "the token is never printed"
+    );
+
+    let stopped = env.json(&["stop", "box"]);
+    check(&spec, "StoppedList", &stopped);
+    assert_eq!(stopped[0]["state"], "stopped");
+    assert_eq!(stopped[0]["outcome"], "graceful");
+    assert!(
+        env.json(&["ls"]).as_array().unwrap().len() == 3,
+        "ls hides stopped VMs"
+    );
+    assert_eq!(env.json(&["ls", "--all"]).as_array().unwrap().len(), 4);
+
+    // Errors are one JSON document with the library's code, and exit code 125.
+    let out = env.run(&["--json", "exec", "box", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check(&spec, "Error", &err);
+    assert_eq!(err["error"]["code"], "INVALID_STATE");
+    let out = env.run(&["--json", "rm", "clone-1"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        err["error"]["code"], "INVALID_STATE",
+        "rm of a running VM needs --force"
+    );
+
+    let mut names = vec!["rm", "--force", "box"];
+    names.extend(clones.iter().map(|c| c["name"].as_str().unwrap()));
+    let removed = env.json(&names);
+    check(&spec, "Removed", &removed);
+    assert_eq!(removed.as_array().unwrap().len(), 4);
+    check(
+        &spec,
+        "SnapshotRemoved",
+        &env.json(&["snapshot", "rm", "s1"]),
+    );
+    let gc = env.json(&["gc"]);
+    check(&spec, "Gc", &gc);
+
+    assert!(env.records().is_empty());
+    assert!(
+        env.runtime_entries().is_empty(),
+        "{:?}",
+        env.runtime_entries()
+    );
+    assert!(env.marked_processes().is_empty());
+    assert!(
+        env.links().is_empty(),
+        "bridge and TAPs removed: {:?}",
+        env.links()
+    );
+    assert!(
+        env.nft().trim().is_empty(),
+        "nftables table removed:\n{}",
+        env.nft()
+    );
+}
+
+#[test]
+fn human_mode_flow_and_exit_codes() {
+    let env = Env::new();
+    let name = env.ok(&["create", "--name", "plain", "--no-network"]);
+    assert_eq!(name, "plain\n");
+    let table = env.ok(&["ls"]);
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("STATE"),
+        "{table}"
+    );
+    let row = lines.next().unwrap();
+    assert!(row.contains("plain") && row.contains("running"), "{table}");
+    // Columns line up: STATE starts at the same offset in header and row.
+    let col = header.find("STATE").unwrap();
+    assert_eq!(&row[col..col + 7], "running", "{table}");
+
+    // Output streams stay apart and the exit code is the command's.
+    let out = env.run(&[
+        "exec",
+        "plain",
+        "--",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2; exit 42",
+    ]);
+    assert_eq!(out.status.code(), Some(42));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-err\n");
+    let out = env.run(&["exec", "plain", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(128 + 15), "a signal maps to 128+N");
+    let out = env.run(&["exec", "--timeout", "1", "plain", "--", "sleep", "30"]);
+    assert_eq!(out.status.code(), Some(124), "a timeout is 124");
+    let out = env.run(&[
+        "exec",
+        "-e",
+        "GREETING=hi there",
+        "-w",
+        "/tmp",
+        "plain",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there\n/tmp\n");
+
+    // stdin streams with -i.
+    let mut child = env
+        .command(&["exec", "-i", "plain", "--", "wc", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&[b'x'; 12345]).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "12345");
+
+    // Flick's own failures: 125 and one line with the code.
+    let out = env.run(&["exec", "nope", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("flick: ") && err.contains("[NOT_FOUND]"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = env.run(&["create", "--name", "plain", "--no-network"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[ALREADY_EXISTS]"));
+    let out = env.run(&["create", "--memory", "lots", "--no-network"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[INVALID_ARGUMENT]"));
+    let out = env.run(&["create", "--network-policy", "sometimes"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[INVALID_EGRESS_POLICY]"));
+    assert_eq!(env.records().len(), 1, "failed creates leave no record");
+
+    // logs: the serial console file, kept until rm.
+    let console = env
+        .data_dir()
+        .join("vms")
+        .join(env.json(&["inspect", "plain"])["id"].as_str().unwrap());
+    std::fs::write(
+        console.join("console.log"),
+        b"[    0.000000] Linux version\n",
+    )
+    .unwrap();
+    assert_eq!(env.ok(&["logs", "plain"]), "[    0.000000] Linux version\n");
+
+    assert_eq!(env.ok(&["stop", "plain"]), "plain\n");
+    assert_eq!(env.ok(&["start", "plain"]), "plain\n");
+    assert_eq!(env.ok(&["exec", "plain", "--", "echo", "again"]), "again\n");
+    assert_eq!(env.ok(&["rm", "-f", "plain"]), "plain\n");
+    assert!(env.records().is_empty());
+    assert!(env.marked_processes().is_empty());
+    assert!(env.runtime_entries().is_empty());
+}
+
+#[test]
+fn run_creates_executes_and_removes() {
+    let env = Env::new();
+    let out = env.run(&[
+        "run",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "echo hello; exit 5",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    assert_eq!(out.status.code(), Some(5));
+    assert!(env.records().is_empty(), "run removes its sandbox");
+    assert!(env.marked_processes().is_empty());
+    assert!(env.runtime_entries().is_empty());
+    let out = env.run(&["run", "--keep", "--name", "kept", "--", "true"]);
+    assert!(out.status.success());
+    assert_eq!(env.json(&["ls"])[0]["name"], "kept");
+    env.ok(&["rm", "-f", "kept"]);
+    assert!(env.links().is_empty());
+}
+
+#[test]
+fn completions_and_version_need_no_host() {
+    let env = Env::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.ok(&["completions", shell]);
+        assert!(
+            script.contains("flick") && script.contains("snapshot"),
+            "{shell}"
+        );
+    }
+    let out = env.run(&["completions", "cmd.exe"]);
+    assert!(!out.status.success());
+}
