@@ -134,7 +134,7 @@ fn run_async(globals: &Globals, command: Command) -> anyhow::Result<ExitCode> {
         .with_details(serde_json::json!({ "points": vmops::CRASH_POINTS }))
         .into());
     }
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let ctx = ctx::Ctx::new(globals)?;
         match command {
             Command::Run(c) => commands::run::run(&ctx, &c).await,
@@ -156,7 +156,10 @@ fn run_async(globals: &Globals, command: Command) -> anyhow::Result<ExitCode> {
                 unreachable!("handled synchronously")
             }
         }
-    })
+    });
+    // A read of the terminal may still be blocked on its thread: do not wait for it.
+    runtime.shutdown_background();
+    result
 }
 
 fn main() -> ExitCode {

@@ -317,3 +317,50 @@ fn completions_and_version_need_no_host() {
     let out = env.run(&["completions", "cmd.exe"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn connect_gives_a_terminal_and_restores_the_local_one() {
+    let env = Env::new();
+    env.ok(&["create", "--name", "term", "--no-network"]);
+    // `script` gives flick a terminal of its own; its stdin is typed into that terminal.
+    let flick = env.command(&["connect", "term"]);
+    let line: Vec<String> = std::iter::once(flick.get_program().to_string_lossy().into_owned())
+        .chain(flick.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect();
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qfec", &line.join(" "), "/dev/null"]);
+    for (k, v) in flick.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (bsdutils) is installed");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        // One line at a time: a shell may discard input typed ahead of its prompt.
+        for line in [&b"stty size; tty; echo marker-$((6*7))\n"[..], b"exit 3\n"] {
+            stdin.write_all(line).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(800));
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("marker-42"), "{text}");
+    assert!(
+        text.contains("/dev/pts/"),
+        "the shell runs on a terminal: {text}"
+    );
+    assert!(
+        text.lines().any(|l| l.trim() == "24 80"),
+        "the guest terminal has the local size (80x24 without one): {text}"
+    );
+    assert_eq!(out.status.code(), Some(3), "the shell's exit code: {text}");
+    env.ok(&["rm", "-f", "term"]);
+}

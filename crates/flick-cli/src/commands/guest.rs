@@ -241,7 +241,11 @@ pub async fn connect(ctx: &Ctx, cmd: &ConnectCmd) -> anyhow::Result<ExitCode> {
         .await?;
     let (mut input, mut events) = session.split();
     let raw = crate::term::RawMode::enter();
-    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut winch = signal(SignalKind::window_change())?;
+    // Being told to go away still restores the terminal (the raw-mode guard drops on return).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; 32 * 1024];
     let mut stdin_open = true;
@@ -263,6 +267,8 @@ pub async fn connect(ctx: &Ctx, cmd: &ConnectCmd) -> anyhow::Result<ExitCode> {
                 let WinSize { rows, cols } = crate::term::window_size();
                 let _ = input.resize(rows, cols).await;
             }
+            _ = term.recv() => break flick_proto::ExitStatus { code: None, signal: Some(15), timed_out: false },
+            _ = hangup.recv() => break flick_proto::ExitStatus { code: None, signal: Some(1), timed_out: false },
         }
     };
     drop(raw);
