@@ -364,3 +364,61 @@ fn connect_gives_a_terminal_and_restores_the_local_one() {
     assert_eq!(out.status.code(), Some(3), "the shell's exit code: {text}");
     env.ok(&["rm", "-f", "term"]);
 }
+
+#[test]
+fn run_downloads_firecracker_and_a_base_image_then_reuses_them() {
+    use flick_testkit::fixture_server::{FixtureServer, ReleaseFixture, ReleaseOptions};
+    let env = Env::new();
+    let server = FixtureServer::start();
+    let arch = flick::image::Arch::host().unwrap();
+    let release = ReleaseFixture::new(
+        "v1.16.1",
+        arch.as_str(),
+        &ReleaseOptions {
+            delegate_to: Some(flick_testkit::fc_double_path()),
+            ..ReleaseOptions::default()
+        },
+    );
+    server.serve_release(&release, true);
+    server.serve_ci_trains(&["v1.16"], arch.as_str(), 64 * 1024);
+    // The fixture server listens on the host's loopback: these runs stay in the host's
+    // network namespace, without a VM network.
+    let flick_run = |args: &[&str]| {
+        env.host_command(args)
+            .env_remove("FLICK_FIRECRACKER")
+            .env_remove("FLICK_KERNEL")
+            .env_remove("FLICK_ROOTFS")
+            .env("FLICK_GITHUB_API", server.github_api_base())
+            .env("FLICK_RELEASES_URL", server.release_download_base())
+            .env("FLICK_CI_BUCKET", server.ci_bucket_base())
+            .output()
+            .unwrap()
+    };
+    let out = flick_run(&["run", "--no-network", "--", "echo", "hello"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    let tarball = format!("/{}/{}", release.tag, release.tarball_name());
+    let fetched = server.requests().len();
+    assert!(
+        server.requests().iter().any(|r| r.path.ends_with(&tarball)),
+        "the release was downloaded: {:?}",
+        server.requests()
+    );
+    // The second run uses the verified cache: no artifact is downloaded again.
+    let out = flick_run(&["run", "--no-network", "--", "echo", "again"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "again\n");
+    let again: Vec<_> = server.requests()[fetched..]
+        .iter()
+        .filter(|r| {
+            r.path.ends_with(".tgz") || r.path.contains("vmlinux") || r.path.contains(".squashfs")
+        })
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(again.is_empty(), "artifacts downloaded twice: {again:?}");
+    assert!(env.records().is_empty());
+    assert!(env.links().is_empty());
+}

@@ -733,6 +733,9 @@ pub struct ReleaseOptions {
     pub omit_jailer: bool,
     /// The version the stand-in executables report (defaults to the tag).
     pub reported_version: Option<String>,
+    /// Make the `firecracker` stand-in exec this program (the Firecracker double) for anything
+    /// but `--version`/`--help`, so a downloaded release can run VMs in tests.
+    pub delegate_to: Option<std::path::PathBuf>,
 }
 
 /// A Firecracker release as published on GitHub: the tarball and its `.sha256.txt`.
@@ -764,12 +767,16 @@ impl ReleaseFixture {
             .reported_version
             .clone()
             .unwrap_or_else(|| tag.to_owned());
+        let tail = match &opts.delegate_to {
+            Some(p) => format!("exec '{}' \"$@\"\n", p.display()),
+            None => "echo 'this is a test stand-in, not firecracker' >&2\nexit 1\n".to_owned(),
+        };
         let fc_script = format!(
             "#!/bin/sh\n# stand-in for firecracker {reported}\ncase \"$1\" in\n  --version)\n    \
              printf 'Firecracker {reported}\\n\\n'\n    \
              printf 'Supported snapshot data format versions: v8.0.0\\n'\n    exit 0;;\n  \
              --help) printf 'Firecracker {reported}\\n\\nusage: firecracker [--api-sock PATH]\\n'; exit 0;;\nesac\n\
-             echo 'this is a test stand-in, not firecracker' >&2\nexit 1\n"
+             {tail}"
         );
         let jailer_script = format!(
             "#!/bin/sh\n# stand-in for jailer {reported}\ncase \"$1\" in\n  --version)\n    \

@@ -97,8 +97,21 @@ impl Env {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.netns])
-            .arg(env!("CARGO_BIN_EXE_flick"))
-            .args(args)
+            .arg(env!("CARGO_BIN_EXE_flick"));
+        self.configure(&mut cmd, args);
+        cmd
+    }
+
+    /// The `flick` command with this environment in the host's own network namespace (to
+    /// reach servers on the host's loopback; use it only with `--no-network`).
+    pub fn host_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flick"));
+        self.configure(&mut cmd, args);
+        cmd
+    }
+
+    fn configure(&self, cmd: &mut Command, args: &[&str]) {
+        cmd.args(args)
             .env("FLICK_DATA_DIR", self.data_dir())
             .env("FLICK_RUNTIME_DIR", self.runtime_dir())
             .env("FLICK_FIRECRACKER", flick_testkit::fc_double_path())
@@ -116,7 +129,6 @@ impl Env {
             .env("NO_COLOR", "1")
             .env_remove("FLICK_CRASH_AT")
             .stdin(Stdio::null());
-        cmd
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
