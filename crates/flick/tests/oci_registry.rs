@@ -279,3 +279,48 @@ async fn bad_references_are_refused_before_any_request() {
     }
     assert_eq!(store_files(store.root()), Vec::<std::path::PathBuf>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_and_builds_share_one_cache_entry() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "rootfs builds set ownership: run as root"
+    );
+    let reg = TestRegistry::start(RegistryAuthMode::None).await;
+    let image = Image::new(
+        vec![
+            Layer::new().big_file("opt/one", 2 << 20).gzip(),
+            Layer::new().file("etc/two", b"2").gzip(),
+        ],
+        json!({ "Entrypoint": ["/bin/true"] }),
+    );
+    reg.push_image("conc/app", "1", &image).await;
+    let (_dir, store) = store();
+    let name = format!("{}/conc/app:1", reg.host());
+    let opts = local();
+    let (a, b) = tokio::join!(
+        store.pull(&name, &opts, &NoProgress),
+        store.pull(&name, &opts, &NoProgress)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.digest, b.digest);
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert_eq!(
+        std::fs::read_dir(store.root().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        4
+    );
+    let (x, y) = tokio::join!(
+        store.rootfs(&a, RootfsFormat::Squashfs, &NoProgress),
+        store.rootfs(&b, RootfsFormat::Squashfs, &NoProgress)
+    );
+    assert_eq!(x.unwrap(), y.unwrap());
+    // One image and its config file.
+    assert_eq!(
+        std::fs::read_dir(store.root().join("rootfs"))
+            .unwrap()
+            .count(),
+        2
+    );
+}

@@ -3,7 +3,8 @@
 //! # Flow of [`apply_layer`]
 //!
 //! 1. The compression is taken from the first bytes: gzip (`1f 8b`), zstd (`28 b5 2f fd`), or
-//!    none. The `tar` crate parses the stream (GNU long names, PAX records).
+//!    none. Compressed streams are inflated on a second thread, 1 MiB chunks ahead of the
+//!    extractor. The `tar` crate parses the stream (GNU long names, PAX records).
 //! 2. Every entry name is split into components. An absolute name or a `..` component is refused
 //!    with [`ErrorCode::UnsafeArchivePath`] before anything is touched.
 //! 3. The parent directory is opened with `openat2(root, parent, RESOLVE_BENEATH |
@@ -172,24 +173,102 @@ impl<R: Read> Read for HeaderGuard<R> {
 /// [`ErrorCode::UnsafeArchivePath`] for entries that would land outside `root` (nothing is
 /// written outside it), [`ErrorCode::ImagePullFailed`] for corrupt archives and filesystem
 /// failures. On error the tree is left partially applied; callers build in a scratch directory.
-pub fn apply_layer<'a>(root: &Path, reader: impl Read + 'a) -> Result<LayerStats> {
+pub fn apply_layer<'a>(root: &Path, reader: impl Read + Send + 'a) -> Result<LayerStats> {
     let mut buffered = BufReader::with_capacity(1 << 20, reader);
     let head = buffered
         .fill_buf()
         .map_err(|e| layer_failed(b"", "reading", e))?;
     let compression = detect_compression(head);
-    let stream: Box<dyn Read + 'a> = match compression {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(buffered)
-                .map_err(|e| layer_failed(b"", "starting the zstd decoder for", e))?,
-        ),
-        Compression::None => Box::new(buffered),
-    };
     let mut applier = Applier::open(root)?;
-    let mut stats = applier.apply_tar(stream)?;
+    let mut stats = if compression == Compression::None {
+        applier.apply_tar(Box::new(buffered))?
+    } else {
+        // Decompress on a second thread so inflating overlaps with writing files.
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
+            let producer = scope.spawn(move || decompress(buffered, compression, &tx));
+            let result = applier.apply_tar(Box::new(ChannelReader {
+                rx,
+                chunk: Vec::new(),
+                pos: 0,
+            }));
+            let _ = producer.join();
+            result
+        })?
+    };
     stats.compression = Some(compression);
     Ok(stats)
+}
+
+/// Chunk size handed from the decompressing thread to the extracting one.
+const CHUNK: usize = 1 << 20;
+
+/// Feeds decompressed chunks into `tx` until the end of the stream, an error, or until the
+/// receiver is gone (the extractor stopped).
+fn decompress<R: std::io::BufRead>(
+    input: R,
+    compression: Compression,
+    tx: &std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+) {
+    let mut decoder: Box<dyn Read + '_> = match compression {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+        Compression::Zstd => match zstd::stream::read::Decoder::with_buffer(input) {
+            Ok(d) => Box::new(d),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        },
+        Compression::None => Box::new(input),
+    };
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        while filled < CHUNK {
+            match decoder.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        if filled == 0 {
+            return;
+        }
+        buf.truncate(filled);
+        if tx.send(Ok(buf)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The extracting side of [`decompress`].
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 struct Applier {

@@ -415,7 +415,7 @@ impl ImageStore {
                 .with_details(json!({ "expected": want, "actual": got })));
             }
         }
-        let (body, media_type) = if spec::is_index(top.media_type.as_deref(), &top.body) {
+        let body = if spec::is_index(top.media_type.as_deref(), &top.body) {
             let index: Index = spec::parse_json(&top.body, "the image index")?;
             let chosen = choose_platform(&index, &options.platform, &parsed.to_string())?;
             let fetched = registry.manifest(&chosen.digest).await?;
@@ -426,11 +426,10 @@ impl ImageStore {
                     chosen.digest
                 )));
             }
-            (fetched.body, fetched.media_type)
+            fetched.body
         } else {
-            (top.body, top.media_type)
+            top.body
         };
-        let _ = media_type;
         let manifest: Manifest = spec::parse_json(&body, "the image manifest")?;
         let manifest_hex = sha256_hex(&body);
 
@@ -1133,5 +1132,62 @@ impl<R: Read> Read for Counting<'_, R> {
             );
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(entrypoint: &[&str], cmd: &[&str]) -> ImageConfig {
+        ImageConfig {
+            entrypoint: entrypoint.iter().map(|s| (*s).to_owned()).collect(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            ..ImageConfig::default()
+        }
+    }
+
+    #[test]
+    fn command_follows_docker_rules() {
+        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        // CMD only: arguments replace it.
+        let c = cfg(&[], &["python3"]);
+        assert_eq!(c.command(&[]), args(&["python3"]));
+        assert_eq!(c.command(&args(&["bash"])), args(&["bash"]));
+        // ENTRYPOINT + CMD: CMD is the default argument list.
+        let c = cfg(&["/entry.sh"], &["serve"]);
+        assert_eq!(c.command(&[]), args(&["/entry.sh", "serve"]));
+        assert_eq!(
+            c.command(&args(&["x", "y"])),
+            args(&["/entry.sh", "x", "y"])
+        );
+        // ENTRYPOINT only.
+        let c = cfg(&["/bin/app"], &[]);
+        assert_eq!(c.command(&[]), args(&["/bin/app"]));
+        // Neither.
+        assert!(cfg(&[], &[]).command(&[]).is_empty());
+    }
+
+    #[test]
+    fn records_round_trip_and_tolerate_missing_new_fields() {
+        let rec = ImageRecord {
+            reference: "docker.io/library/a:1".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            platform: Platform::default(),
+            config: cfg(&["/e"], &["c"]),
+            layers: vec![format!("sha256:{}", "b".repeat(64))],
+            size_bytes: 10,
+            created_at: 1,
+            config_digest: format!("sha256:{}", "c".repeat(64)),
+        };
+        let json = serde_json::to_value(&rec).unwrap();
+        assert_eq!(
+            serde_json::from_value::<ImageRecord>(json.clone()).unwrap(),
+            rec
+        );
+        let mut older = json;
+        older.as_object_mut().unwrap().remove("config_digest");
+        let parsed: ImageRecord = serde_json::from_value(older).unwrap();
+        assert_eq!(parsed.config_digest, "");
     }
 }
