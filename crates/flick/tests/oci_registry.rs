@@ -324,3 +324,24 @@ async fn concurrent_pulls_and_builds_share_one_cache_entry() {
         2
     );
 }
+
+#[tokio::test]
+async fn docker_manifest_lists_resolve_too() {
+    let reg = TestRegistry::start(RegistryAuthMode::None).await;
+    let base = Layer::new().file("etc/os-release", b"ID=docker\n").gzip();
+    let amd = arch_image("amd64", &base).docker();
+    let arm = arch_image("arm64", &base).docker();
+    reg.push_docker_list("dock/app", "2", &[&arm, &amd]).await;
+    let (_dir, store) = store();
+    let name = format!("{}/dock/app:2", reg.host());
+    let rec = store.pull(&name, &local(), &NoProgress).await.unwrap();
+    assert_eq!(rec.digest, amd.digest());
+    let arm_opts = PullOptions {
+        platform: Platform::parse("linux/aarch64").unwrap(),
+        ..local()
+    };
+    let rec = store.pull(&name, &arm_opts, &NoProgress).await.unwrap();
+    assert_eq!(rec.digest, arm.digest());
+    assert_eq!(rec.platform.architecture, "arm64");
+    assert_eq!(rec.config.command(&[]), ["/bin/echo", "arm64"]);
+}

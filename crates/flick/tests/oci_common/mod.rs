@@ -988,3 +988,44 @@ pub fn store_files(root: &Path) -> Vec<PathBuf> {
     all.sort();
     all
 }
+
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+impl Image {
+    /// The same image with Docker schema 2 media types (manifest, config, gzip layers).
+    pub fn docker(mut self) -> Self {
+        let mut m: Value = serde_json::from_slice(&self.manifest).unwrap();
+        m["mediaType"] = json!(DOCKER_MANIFEST);
+        m["config"]["mediaType"] = json!("application/vnd.docker.container.image.v1+json");
+        for l in m["layers"].as_array_mut().unwrap() {
+            l["mediaType"] = json!("application/vnd.docker.image.rootfs.diff.tar.gzip");
+        }
+        self.manifest = serde_json::to_vec(&m).unwrap();
+        self
+    }
+}
+
+impl TestRegistry {
+    /// Pushes Docker schema 2 images and a Docker manifest list over them.
+    pub async fn push_docker_list(&self, repo: &str, tag: &str, images: &[&Image]) {
+        let mut entries = Vec::new();
+        for image in images {
+            for blob in image.blobs() {
+                self.push_blob(repo, blob).await;
+            }
+            self.push_manifest(repo, &image.digest(), DOCKER_MANIFEST, &image.manifest)
+                .await;
+            let mut d = image.descriptor();
+            d["mediaType"] = json!(DOCKER_MANIFEST);
+            entries.push(d);
+        }
+        let list = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_LIST,
+            "manifests": entries,
+        }))
+        .unwrap();
+        self.push_manifest(repo, tag, DOCKER_LIST, &list).await;
+    }
+}
