@@ -324,3 +324,54 @@ fn corrupt_streams_fail_with_a_code() {
     let err = apply_layer(dir.path(), &gz[..]).unwrap_err();
     assert_eq!(err.code(), ErrorCode::ImagePullFailed, "{err}");
 }
+
+#[test]
+fn entries_replacing_escaping_symlinks_never_follow_them() {
+    require_root();
+    let arena = Arena::new();
+    let root = arena.root();
+    let outside_before = snapshot(&arena.dir.path().join("outside"));
+    // Lower layer: traps pointing at the sibling directory and its secret.
+    let lower = Layer::new()
+        .symlink("file-trap", "../outside/secret")
+        .symlink("dir-trap", "../outside")
+        .symlink("link-trap", "../outside/secret")
+        .symlink("node-trap", "../outside/secret")
+        .file("real", b"inside")
+        .tar();
+    apply_layer(&root, &lower[..]).unwrap();
+    // Upper layer: plain entries with the same names replace the symlinks themselves.
+    let upper = Layer::new()
+        .file("file-trap", b"replaced")
+        .dir("dir-trap", 0o755)
+        .file("dir-trap/inner", b"inside dir")
+        .hardlink("link-trap", "real")
+        .device("node-trap", tar::EntryType::Fifo, 0, 0)
+        .tar();
+    apply_layer(&root, &upper[..]).unwrap();
+    assert_eq!(std::fs::read(root.join("file-trap")).unwrap(), b"replaced");
+    assert!(
+        std::fs::symlink_metadata(root.join("dir-trap"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(
+        std::fs::read(root.join("dir-trap/inner")).unwrap(),
+        b"inside dir"
+    );
+    assert_eq!(
+        std::fs::metadata(root.join("link-trap")).unwrap().ino(),
+        std::fs::metadata(root.join("real")).unwrap().ino()
+    );
+    assert!(
+        std::fs::symlink_metadata(root.join("node-trap"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert_eq!(snapshot(&arena.dir.path().join("outside")), outside_before);
+    assert_eq!(
+        std::fs::read(arena.dir.path().join("outside/secret")).unwrap(),
+        b"secret"
+    );
+}

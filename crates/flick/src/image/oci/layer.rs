@@ -772,3 +772,38 @@ mod tests {
         assert_eq!(detect_compression(b"ustar"), Compression::None);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the name, an accepted path is relative and has only normal components.
+        #[test]
+        fn accepted_paths_stay_relative(parts in proptest::collection::vec(
+            prop_oneof![Just("..".to_owned()), Just(".".to_owned()), Just(String::new()), "[a-z.]{1,4}"],
+            0..8,
+        ), lead in any::<bool>()) {
+            let mut name = parts.join("/");
+            if lead {
+                name.insert(0, '/');
+            }
+            let absolute = name.starts_with('/');
+            match clean_path(name.as_bytes()) {
+                Ok(comps) => {
+                    prop_assert!(!absolute);
+                    for c in &comps {
+                        prop_assert!(c != ".." && c != "." && !c.is_empty());
+                        prop_assert!(!c.as_bytes().contains(&b'/'));
+                    }
+                    prop_assert!(join(&comps).is_relative());
+                }
+                Err(e) => {
+                    prop_assert_eq!(e.code(), ErrorCode::UnsafeArchivePath);
+                    prop_assert!(absolute || parts.iter().any(|p| p == ".."));
+                }
+            }
+        }
+    }
+}
