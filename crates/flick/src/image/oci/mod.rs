@@ -6,7 +6,7 @@
 //!    manifest for a tag or digest (answering `Basic` or `Bearer` challenges), resolves an index /
 //!    manifest list to the requested [`Platform`] (`linux/amd64` by default), verifies the manifest
 //!    digest, and downloads the config and every layer through the shared
-//!    [`Downloader`](crate::image::Downloader) (resumable, SHA-256 verified, progress per layer).
+//!    [`Downloader`] (resumable, SHA-256 verified, progress per layer).
 //!    [`ImageStore::import`] reads the same objects from a `docker save` tarball (either form), an
 //!    OCI layout directory or an OCI layout tar ([`archive`]).
 //! 2. **Cache.** Everything is content-addressed below the store root:
