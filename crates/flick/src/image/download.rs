@@ -359,8 +359,24 @@ impl Downloader {
         expected: &Expected,
         progress: &dyn Progress,
     ) -> Result<Downloaded> {
+        self.fetch_to_file_with(url, dest, expected, &[], progress)
+            .await
+    }
+
+    /// [`fetch_to_file`](Self::fetch_to_file) with extra request headers (registry
+    /// credentials). reqwest drops `Authorization` when a redirect leaves the host.
+    pub(crate) async fn fetch_to_file_with(
+        &self,
+        url: &str,
+        dest: &Path,
+        expected: &Expected,
+        headers: Headers<'_>,
+        progress: &dyn Progress,
+    ) -> Result<Downloaded> {
         let part = partial_path(dest);
-        let result = self.fetch_inner(url, dest, &part, expected, progress).await;
+        let result = self
+            .fetch_inner(url, dest, &part, expected, headers, progress)
+            .await;
         if result.is_err() {
             let _ = std::fs::remove_file(&part);
         }
@@ -373,6 +389,7 @@ impl Downloader {
         dest: &Path,
         part: &Path,
         expected: &Expected,
+        headers: Headers<'_>,
         progress: &dyn Progress,
     ) -> Result<Downloaded> {
         let name = dest
@@ -407,6 +424,9 @@ impl Downloader {
                 attempt += 1;
                 requests += 1;
                 let mut req = self.client.get(url);
+                for (name, value) in headers {
+                    req = req.header(*name, value);
+                }
                 if offset > 0 {
                     req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
                 }

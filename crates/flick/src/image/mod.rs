@@ -56,6 +56,7 @@ pub mod firecracker;
 pub mod initrd;
 mod lock;
 pub mod manifest;
+pub mod oci;
 pub mod progress;
 pub mod rootfs;
 mod version;
