@@ -422,3 +422,101 @@ fn run_downloads_firecracker_and_a_base_image_then_reuses_them() {
     assert!(env.records().is_empty());
     assert!(env.links().is_empty());
 }
+
+/// A `docker save` tarball of a one-layer image whose command prints its env and workdir.
+fn docker_save_tarball(dir: &std::path::Path) -> std::path::PathBuf {
+    use sha2::{Digest, Sha256};
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    let body = b"inside the image\n";
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    layer.append_data(&mut h, "etc/motd", &body[..]).unwrap();
+    let layer = layer.into_inner().unwrap();
+    let layer_hex = hex::encode(Sha256::digest(&layer));
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Cmd": ["sh", "-c", "echo from-image $IMG_VAR $(pwd)"],
+            "Env": ["IMG_VAR=set-by-image"],
+            "WorkingDir": "/tmp",
+        },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_hex}")] },
+    }))
+    .unwrap();
+    let config_hex = hex::encode(Sha256::digest(&config));
+    let manifest = serde_json::to_vec(&json!([{
+        "Config": format!("{config_hex}.json"),
+        "RepoTags": ["demo:1"],
+        "Layers": [format!("{layer_hex}/layer.tar")],
+    }]))
+    .unwrap();
+    let mut out = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("manifest.json".to_string(), manifest),
+        (format!("{config_hex}.json"), config),
+        (format!("{layer_hex}/layer.tar"), layer),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        out.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    let path = dir.join("demo.tar");
+    std::fs::write(&path, out.into_inner().unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn images_pull_list_run_rm_prune() {
+    let env = Env::new();
+    let tarball = docker_save_tarball(env.dir.path());
+    let tar = tarball.to_str().unwrap();
+    let pulled = env.json(&["images", "pull", tar]);
+    assert!(
+        pulled["digest"].as_str().unwrap().starts_with("sha256:"),
+        "{pulled:#}"
+    );
+    let rootfs = std::path::PathBuf::from(pulled["rootfs"].as_str().unwrap());
+    let listing = std::process::Command::new("unsquashfs")
+        .args(["-l", rootfs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains("etc/motd"),
+        "the image's files are in the root filesystem"
+    );
+    let table = env.ok(&["images", "ls"]);
+    assert!(
+        table.starts_with("REFERENCE") && table.contains("demo"),
+        "{table}"
+    );
+    assert_eq!(env.json(&["images", "ls"]).as_array().unwrap().len(), 1);
+
+    // The image's own command, environment and working directory by default.
+    let out = env.run(&["run", "--no-network", "--image", tar]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from-image set-by-image /tmp\n"
+    );
+    // A command given on the line replaces it.
+    let out = env.run(&["run", "--no-network", "--image", tar, "--", "echo", "mine"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "mine\n");
+
+    let removed = env.json(&["images", "rm", pulled["reference"].as_str().unwrap()]);
+    assert_eq!(removed["removed"].as_array().unwrap().len(), 1);
+    let pruned = env.json(&["images", "prune"]);
+    assert!(pruned["freed_bytes"].as_u64().unwrap() > 0, "{pruned:#}");
+    assert!(!rootfs.exists());
+    let out = env.run(&["--json", "images", "rm", "demo:1"]);
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["error"]["code"], "NOT_FOUND");
+}
