@@ -100,8 +100,34 @@ pub fn run_checks(options: &DoctorOptions) -> Vec<Check> {
         ),
         check_tmpfs(&options.runtime_dir),
         check_firecracker(&options.data_dir),
+        check_images(&options.data_dir),
         check_cgroup_v2(),
     ]
+}
+
+fn count_entries(dir: &Path, keep: impl Fn(&str) -> bool) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| keep(&e.file_name().to_string_lossy()))
+        .count()
+}
+
+fn check_images(data_dir: &Path) -> Check {
+    // Base-image bundles are directories in `<data>/base-images`; OCI images are records in
+    // `<data>/images/refs/`.
+    let bundles = count_entries(&data_dir.join("base-images"), |n| {
+        !n.starts_with('.') && !n.contains('+')
+    });
+    let images = count_entries(&data_dir.join("images/refs"), |n| n.ends_with(".json"));
+    let detail = format!("{bundles} base image(s), {images} OCI image(s) cached");
+    if bundles + images > 0 {
+        Check::new("images", CheckStatus::Ok, detail)
+    } else {
+        Check::new("images", CheckStatus::Warn, detail)
+            .hint("the first `flick run` downloads a base image; `flick images pull REF` fetches OCI images")
+    }
 }
 
 /// Tells the KVM flavour from `/proc/cpuinfo` and `/sys/module`.
