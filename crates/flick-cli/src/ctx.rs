@@ -165,6 +165,20 @@ impl Ctx {
         Ok(result?)
     }
 
+    /// Replaces the published ports (under the network lock).
+    pub async fn apply_published(
+        &self,
+        forwards: &[flick::net::publish::PortForward],
+    ) -> anyhow::Result<()> {
+        let _inner = self.network_mutex.lock().await;
+        let _lock = self
+            .lock_file(&self.data_dir().join("network.lock"))
+            .await?;
+        let mut kernel = Netlink::connect()?;
+        flick::net::publish::apply(&mut kernel, forwards).await?;
+        Ok(())
+    }
+
     /// Tears the host network down when no VM uses it any more.
     pub async fn release_network_if_unused(&self) -> anyhow::Result<bool> {
         let _inner = self.network_mutex.lock().await;

@@ -280,6 +280,8 @@ pub async fn gc(ctx: &Ctx) -> anyhow::Result<GcReport> {
             }
         }
     }
+    // Published ports: exactly those of the recorded VMs.
+    vmops::sync_published(ctx, None).await?;
     report.network_torn_down = ctx.release_network_if_unused().await?;
     Ok(report)
 }

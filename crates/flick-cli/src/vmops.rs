@@ -91,6 +91,9 @@ pub struct CreateSpec {
     /// Default user of the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Host ports forwarded to the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<flick::net::publish::Publish>,
 }
 
 impl CreateSpec {
@@ -247,6 +250,9 @@ async fn create_steps(ctx: &Ctx, record: &mut VmRecord, spec: &CreateSpec) -> an
         });
         ctx.store.save(record)?;
         crash_point("create:network-saved");
+        if !spec.publish.is_empty() {
+            sync_published(ctx, Some(record)).await?;
+        }
     }
     boot_args.push(' ');
     boot_args.push_str(&boot.boot_args()?);
@@ -432,6 +438,10 @@ pub async fn remove(ctx: &Ctx, key: &str, force: bool) -> anyhow::Result<VmRecor
 /// The rest of a removal (also used to finish an interrupted one).
 pub async fn finish_remove(ctx: &Ctx, record: &VmRecord) -> anyhow::Result<()> {
     stop_process(ctx, record, Duration::from_secs(2)).await?;
+    if CreateSpec::of(record).is_ok_and(|s| !s.publish.is_empty()) {
+        // The record is still there: leave it out explicitly.
+        sync_published_except(ctx, &record.id).await?;
+    }
     remove_network(ctx, &record.id).await?;
     crash_point("rm:network-removed");
     let files = ctx.store.files_dir(&record.id);
@@ -547,7 +557,10 @@ pub async fn restore(
     let name = name.unwrap_or_else(|| format!("{}-{}", meta.source_name, &id[..6]));
     validate_name(&name)?;
     let mut record = VmRecord::new(&id, &name);
-    record.spec = meta.spec.clone();
+    // Clones share the source's guest ports, not its host ports.
+    let mut clone_spec: CreateSpec = serde_json::from_value(meta.spec.clone())?;
+    clone_spec.publish.clear();
+    record.spec = serde_json::to_value(&clone_spec)?;
     record.agent_token = meta.agent_token.clone();
     record.config = Some(snapshot.config.clone());
     {
@@ -610,4 +623,61 @@ pub async fn restore(
         return Err(e);
     }
     Ok(record)
+}
+
+/// The port forwards of every recorded VM with a network (plus `extra`, a record not saved yet
+/// in its final form), minus VM `except`.
+fn forwards(
+    ctx: &Ctx,
+    extra: Option<&VmRecord>,
+    except: Option<&str>,
+) -> anyhow::Result<Vec<flick::net::publish::PortForward>> {
+    let mut records = ctx.store.list()?;
+    if let Some(extra) = extra {
+        records.retain(|r| r.id != extra.id);
+        records.push(extra.clone());
+    }
+    let mut out = Vec::new();
+    for r in records.iter().filter(|r| Some(r.id.as_str()) != except) {
+        let (Ok(spec), Some(net)) = (CreateSpec::of(r), &r.network) else {
+            continue;
+        };
+        let Some(iface) = net.interfaces.first() else {
+            continue;
+        };
+        for publish in spec.publish {
+            out.push(flick::net::publish::PortForward {
+                vm_id: r.id.clone(),
+                publish,
+                guest_ip: iface.lease.guest_ip,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Makes the host's published ports match the records (one nftables transaction).
+pub async fn sync_published(ctx: &Ctx, extra: Option<&VmRecord>) -> anyhow::Result<()> {
+    let forwards = forwards(ctx, extra, None)?;
+    ctx.apply_published(&forwards).await
+}
+
+async fn sync_published_except(ctx: &Ctx, id: &str) -> anyhow::Result<()> {
+    let forwards = forwards(ctx, None, Some(id))?;
+    ctx.apply_published(&forwards).await
+}
+
+/// Refuses ports another VM publishes already, before anything is made.
+pub fn check_publish_free(
+    ctx: &Ctx,
+    publish: &[flick::net::publish::Publish],
+) -> anyhow::Result<()> {
+    let mut all = forwards(ctx, None, None)?;
+    all.extend(publish.iter().map(|p| flick::net::publish::PortForward {
+        vm_id: "(new VM)".into(),
+        publish: *p,
+        guest_ip: std::net::Ipv4Addr::UNSPECIFIED,
+    }));
+    flick::net::publish::check_conflicts(&all)?;
+    Ok(())
 }

@@ -520,3 +520,65 @@ fn images_pull_list_run_rm_prune() {
     let err: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(err["error"]["code"], "NOT_FOUND");
 }
+
+#[test]
+fn published_ports_follow_their_vm() {
+    let env = Env::new();
+    let vm = env.json(&[
+        "create",
+        "--name",
+        "web",
+        "--publish",
+        "8080:80",
+        "--publish",
+        "5353:53/udp",
+    ]);
+    let ip = vm["ip"].as_str().unwrap();
+    let table = || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &env.netns,
+                "nft",
+                "list",
+                "table",
+                "ip",
+                "flick_publish",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let rules = table();
+    assert!(
+        rules.contains(&format!("tcp dport 8080 dnat to {ip}:80")),
+        "{rules}"
+    );
+    assert!(
+        rules.contains(&format!("udp dport 5353 dnat to {ip}:53")),
+        "{rules}"
+    );
+    // The same host port again is refused before anything is made.
+    let out = env.run(&["--json", "create", "--name", "web2", "--publish", "8080:81"]);
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["error"]["code"], "ALREADY_EXISTS", "{err:#}");
+    assert_eq!(env.records().len(), 1);
+    let out = env.run(&["--json", "create", "--publish", "80", "--name", "bad"]);
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["error"]["code"], "INVALID_ARGUMENT");
+    // Clones of a publishing VM do not take its host ports.
+    env.ok(&["snapshot", "create", "web", "--name", "websnap"]);
+    env.ok(&["snapshot", "restore", "websnap", "--name", "webclone"]);
+    assert_eq!(
+        table().matches("dnat to").count(),
+        4,
+        "two ports × prerouting and output"
+    );
+    env.ok(&["rm", "-f", "web", "webclone"]);
+    assert!(
+        table().is_empty(),
+        "the table goes with the last published port"
+    );
+    assert!(env.nft().trim().is_empty(), "{}", env.nft());
+}

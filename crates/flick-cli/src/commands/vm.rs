@@ -158,12 +158,20 @@ fn policy(args: &CreateArgs) -> anyhow::Result<Option<EgressPolicy>> {
 
 /// Turns the arguments into a spec (downloading what the runtime or image needs).
 pub async fn spec(ctx: &Ctx, args: &CreateArgs) -> anyhow::Result<CreateSpec> {
-    if !args.publish.is_empty() {
-        return Err(Error::new(
-            ErrorCode::HostUnsupported,
-            "--publish is not supported yet: reach the guest through its address or `flick exec`",
-        )
-        .into());
+    let publish = args
+        .publish
+        .iter()
+        .map(|p| flick::net::publish::Publish::parse(p))
+        .collect::<flick::Result<Vec<_>>>()?;
+    if !publish.is_empty() {
+        if args.no_network {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "--publish needs a network (drop --no-network)",
+            )
+            .into());
+        }
+        crate::vmops::check_publish_free(ctx, &publish)?;
     }
     if args.jailer {
         return Err(Error::new(
@@ -190,6 +198,7 @@ pub async fn spec(ctx: &Ctx, args: &CreateArgs) -> anyhow::Result<CreateSpec> {
         env: boot.env,
         workdir: boot.workdir,
         user: boot.user,
+        publish,
     })
 }
 

@@ -16,6 +16,7 @@ pub mod host;
 pub mod kernel;
 pub mod nft;
 pub mod plan;
+pub mod publish;
 pub mod tap;
 pub mod wireguard;
 
