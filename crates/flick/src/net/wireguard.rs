@@ -636,7 +636,7 @@ fn helper_path(cfg: &WireguardConfig) -> Result<PathBuf> {
     Ok(PathBuf::from(HELPER_NAME))
 }
 
-fn start_time(pid: u32) -> Option<u64> {
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; fields after it are space separated.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -713,7 +713,7 @@ pub fn stop_userspace_tunnel(interface: &str, pid: u32, start: u64) -> Result<()
     r
 }
 
-fn signal_helper(pid: u32, start: u64) -> Result<()> {
+pub(crate) fn signal_helper(pid: u32, start: u64) -> Result<()> {
     if start_time(pid) != Some(start) {
         reap(pid);
         return Ok(());
