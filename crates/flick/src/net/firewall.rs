@@ -591,15 +591,34 @@ mod tests {
         assert_eq!(wild.to_string(), "*.pypi.org");
         assert!(wild.matches("files.pypi.org"));
         assert!(wild.matches("a.b.pypi.org."));
-        assert!(!wild.matches("pypi.org"), "a wildcard matches subdomains only");
+        assert!(
+            !wild.matches("pypi.org"),
+            "a wildcard matches subdomains only"
+        );
         assert!(!wild.matches("evilpypi.org"), "label boundary");
         assert!(!wild.matches("pypi.org.evil.com"));
         for bad in [
-            "", "*", "*.", ".", "a..b", "*.*.example.com", "a.*.example.com", "ex*ample.com",
-            "-a.example.com", "a-.example.com", "bücher.de", "a b.com", "10.0.0.1",
-            "a/b.com", &"a".repeat(64), &format!("{}.com", "a.".repeat(130)),
+            "",
+            "*",
+            "*.",
+            ".",
+            "a..b",
+            "*.*.example.com",
+            "a.*.example.com",
+            "ex*ample.com",
+            "-a.example.com",
+            "a-.example.com",
+            "bücher.de",
+            "a b.com",
+            "10.0.0.1",
+            "a/b.com",
+            &"a".repeat(64),
+            &format!("{}.com", "a.".repeat(130)),
         ] {
-            assert!(DomainPattern::parse(bad).is_err(), "{bad:?} must be rejected");
+            assert!(
+                DomainPattern::parse(bad).is_err(),
+                "{bad:?} must be rejected"
+            );
         }
     }
 
@@ -612,7 +631,11 @@ mod tests {
         .unwrap();
         let c = p.compile().unwrap();
         assert_eq!(c.domains.len(), 2, "deduplicated");
-        assert_eq!(c.default_action, Some(Action::Deny), "domains default to deny");
+        assert_eq!(
+            c.default_action,
+            Some(Action::Deny),
+            "domains default to deny"
+        );
         assert_eq!(c.dns_refusal, DnsRefusal::Nxdomain);
         assert!(c.allows_name("x.pypi.org") && !c.allows_name("pypi.org"));
         let back: EgressPolicy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();

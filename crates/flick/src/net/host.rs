@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
-use super::firewall::{CompiledPolicy, EgressPolicy};
 use super::dns::{self, Control, ResolverPolicy, ResolverSpec, ResolverState, TtlLimits};
+use super::firewall::{CompiledPolicy, EgressPolicy};
 use super::kernel::NetKernel;
 use super::nft::{self, TableSpec, VmDns, VmRules};
 use super::plan::{self, AllocationState, IpAllocator, Lease, PointToPointAllocator, Subnet};
@@ -750,7 +750,8 @@ impl<K: NetKernel> HostNetwork<K> {
                         format!("VM {vm_id} has no interface"),
                     ));
                 };
-                let r = self.start_resolver(vm_id, first.lease.gateway, clients.clone(), &compiled)?;
+                let r =
+                    self.start_resolver(vm_id, first.lease.gateway, clients.clone(), &compiled)?;
                 started = Some(r.clone());
                 Some(r)
             }

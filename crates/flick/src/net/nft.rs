@@ -295,7 +295,11 @@ fn vm_part(b: &mut Batch<'_>, vm: &VmRules) {
     if domains {
         let mut guard = dns_ports_match();
         guard.push(json!({ "drop": null }));
-        b.rule(&chain, guard, Some("flick: DNS only through flick's resolver"));
+        b.rule(
+            &chain,
+            guard,
+            Some("flick: DNS only through flick's resolver"),
+        );
     }
     b.policy(&chain, &vm.policy);
     if domains {

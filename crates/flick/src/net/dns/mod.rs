@@ -234,7 +234,11 @@ pub fn start(spec: &ResolverSpec, helper: &Path) -> Result<ResolverState> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| {
-            setup_err(format!("start the DNS resolver helper {}", helper.display())).with_source(e)
+            setup_err(format!(
+                "start the DNS resolver helper {}",
+                helper.display()
+            ))
+            .with_source(e)
         })?;
     let pid = child.id();
     let mut stdin = child.stdin.take().expect("piped");
@@ -294,20 +298,17 @@ pub fn control(state: &ResolverState, cmd: &Control) -> Result<()> {
     let mut line = serde_json::to_vec(cmd)
         .map_err(|e| Error::new(ErrorCode::Internal, "serialize control").with_source(e))?;
     line.push(b'\n');
-    s.write_all(&line)
-        .map_err(|e| err(format!("write: {e}")))?;
+    s.write_all(&line).map_err(|e| err(format!("write: {e}")))?;
     let _ = s.shutdown(std::net::Shutdown::Write);
     let mut answer = String::new();
     s.read_to_string(&mut answer)
         .map_err(|e| err(format!("read: {e}")))?;
     match answer.trim() {
         "OK" => Ok(()),
-        other => Err(err(
-            other
-                .strip_prefix("ERROR ")
-                .unwrap_or(if other.is_empty() { "no answer" } else { other })
-                .to_owned(),
-        )),
+        other => Err(err(other
+            .strip_prefix("ERROR ")
+            .unwrap_or(if other.is_empty() { "no answer" } else { other })
+            .to_owned())),
     }
 }
 

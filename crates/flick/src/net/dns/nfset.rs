@@ -87,7 +87,8 @@ impl Msg {
     fn begin_nested(&mut self, kind: u16) -> usize {
         let at = self.0.len();
         self.0.extend_from_slice(&0u16.to_ne_bytes());
-        self.0.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self.0
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
         at
     }
 
@@ -235,7 +236,8 @@ impl NfSet {
             let n = usize::try_from(n).unwrap_or(0);
             let mut off = 0;
             while off + 16 <= n {
-                let len = u32::from_ne_bytes(rx[off..off + 4].try_into().expect("4 bytes")) as usize;
+                let len =
+                    u32::from_ne_bytes(rx[off..off + 4].try_into().expect("4 bytes")) as usize;
                 let kind = u16::from_ne_bytes(rx[off + 4..off + 6].try_into().expect("2 bytes"));
                 let mseq = u32::from_ne_bytes(rx[off + 8..off + 12].try_into().expect("4 bytes"));
                 if len < 16 || off + len > n {

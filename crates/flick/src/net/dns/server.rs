@@ -87,7 +87,9 @@ impl Engine {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Replaces the policy and removes set entries that no allowed name accounts for.
@@ -542,7 +544,12 @@ pub fn helper_main() -> ExitCode {
             }
         };
         let port = udp.local_addr().map(|a| a.port()).unwrap_or(0);
-        let engine = Arc::new(Engine::new(spec.policy, spec.upstreams, spec.ttl, Some(set)));
+        let engine = Arc::new(Engine::new(
+            spec.policy,
+            spec.upstreams,
+            spec.ttl,
+            Some(set),
+        ));
         let e2 = engine.clone();
         tokio::spawn(control_loop(engine.clone(), control));
         tokio::spawn(async move {
