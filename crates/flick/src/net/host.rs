@@ -660,7 +660,8 @@ impl<K: NetKernel> HostNetwork<K> {
                     .await?;
             }
         }
-        self.kernel.set_up(i).await?;
+        // The resolver starts before the device goes up, so a failure leaves the device as it
+        // was found.
         if policy.has_domains() {
             let mut clients: Vec<Ipv4Addr> = self
                 .state
@@ -680,6 +681,7 @@ impl<K: NetKernel> HostNetwork<K> {
                 }
             }
         }
+        self.kernel.set_up(i).await?;
         let rules = VmRules {
             vm_id: vm_id.to_owned(),
             guest_ip: lease.guest_ip,
