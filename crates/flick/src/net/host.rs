@@ -1140,6 +1140,22 @@ mod tests {
                     .unwrap(),
                     ..NetworkConfig::default()
                 },
+                NetworkConfig {
+                    host_policy: EgressPolicy::from_json(r#"{"allow_domains":["a.example"]}"#)
+                        .unwrap(),
+                    ..NetworkConfig::default()
+                },
+                NetworkConfig {
+                    dns_upstreams: vec!["resolver.example".into()],
+                    ..NetworkConfig::default()
+                },
+                NetworkConfig {
+                    dns_ttl: TtlLimits {
+                        min: 0,
+                        ..TtlLimits::default()
+                    },
+                    ..NetworkConfig::default()
+                },
             ] {
                 let k = RecordingKernel::with_uplink("eth0");
                 assert!(HostNetwork::setup(k, cfg).await.is_err());
@@ -1185,6 +1201,216 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(j.lease.guest_ip, Ipv4Addr::new(10, 60, 0, 6));
+        });
+    }
+
+    fn domain_config() -> NetworkConfig {
+        NetworkConfig {
+            dns_upstreams: vec!["10.9.9.9".into()],
+            ..NetworkConfig::default()
+        }
+    }
+
+    fn domains(json: &str) -> EgressPolicy {
+        EgressPolicy::from_json(json).unwrap()
+    }
+
+    fn last_nft(k: &RecordingKernel) -> String {
+        k.calls
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                Call::Nft(v) => Some(v.to_string()),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn domain_vm_resolver_lifecycle() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, domain_config()).await.unwrap();
+            let set = nft::domain_set("a");
+            let i = net
+                .add_vm(VmRequest {
+                    vm_id: "a".into(),
+                    policy: Some(domains(r#"{"allow_domains":["*.example.com"]}"#)),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(i.dns_server, Some(Ipv4Addr::new(172, 30, 0, 1)));
+            assert_eq!(
+                i.boot_arg(),
+                "ip=172.30.0.2::172.30.0.1:255.255.255.0::eth0:off:172.30.0.1"
+            );
+            let calls = net.kernel_mut().calls.clone();
+            let start = calls
+                .iter()
+                .position(|c| *c == Call::StartResolver(set.clone()))
+                .expect("resolver started");
+            let up = calls
+                .iter()
+                .position(|c| *c == Call::SetUp(i.host_device.clone()))
+                .unwrap();
+            assert!(start < up, "resolver before the device goes up");
+            let batch = last_nft(net.kernel_mut());
+            for want in [&set, "dnat", "dns_vms", "\"timeout\"", "853"] {
+                assert!(batch.contains(want), "{want} in {batch}");
+            }
+            let r = net.state().vms["a"].resolver.clone().unwrap();
+
+            // New allowlist: the running resolver is updated, not restarted.
+            net.set_vm_policy("a", domains(r#"{"allow_domains":["x.example.org"]}"#))
+                .await
+                .unwrap();
+            let Some(Call::ControlResolver(s, Control::Update(p))) = net
+                .kernel_mut()
+                .calls
+                .iter()
+                .rev()
+                .find(|c| matches!(c, Call::ControlResolver(..)))
+                .cloned()
+            else {
+                panic!("update expected")
+            };
+            assert_eq!(s, set);
+            assert_eq!(p.domains[0].to_string(), "x.example.org");
+            assert_eq!(p.clients, vec![Ipv4Addr::new(172, 30, 0, 2)]);
+            assert_eq!(net.state().vms["a"].resolver.as_ref(), Some(&r));
+
+            // Replacing the whole table asks the resolver to refill its set.
+            net.set_host_policy(EgressPolicy::default()).await.unwrap();
+            assert_eq!(
+                net.kernel_mut().calls.last(),
+                Some(&Call::ControlResolver(set.clone(), Control::Resync))
+            );
+
+            // Domains off: one batch retires the redirect and the set, then the helper stops.
+            net.set_vm_policy("a", EgressPolicy::default())
+                .await
+                .unwrap();
+            let batch = last_nft(net.kernel_mut());
+            assert!(batch.contains("\"delete\""), "{batch}");
+            assert!(batch.contains(&set), "{batch}");
+            assert_eq!(
+                net.kernel_mut().calls.last(),
+                Some(&Call::StopResolver(set.clone()))
+            );
+            assert!(net.state().vms["a"].resolver.is_none());
+            assert_eq!(net.state().vms["a"].interfaces[0].dns_server, None);
+
+            // On again, then removal stops it.
+            net.set_vm_policy("a", domains(r#"{"allow_domains":["a.example"]}"#))
+                .await
+                .unwrap();
+            assert!(net.state().vms["a"].resolver.is_some());
+            net.remove_vm("a").await.unwrap();
+            let calls = &net.kernel_mut().calls;
+            assert_eq!(
+                calls
+                    .iter()
+                    .filter(|c| **c == Call::StartResolver(set.clone()))
+                    .count(),
+                2
+            );
+            let started = calls
+                .iter()
+                .rposition(|c| *c == Call::StartResolver(set.clone()))
+                .unwrap();
+            let stopped = calls
+                .iter()
+                .rposition(|c| *c == Call::StopResolver(set.clone()))
+                .unwrap();
+            assert!(stopped > started, "remove_vm stops the resolver");
+        });
+    }
+
+    #[test]
+    fn failed_firewall_stops_the_new_resolver() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, domain_config()).await.unwrap();
+            net.kernel_mut().fail_on = Some("Nft".into());
+            let e = net
+                .add_vm(VmRequest {
+                    vm_id: "a".into(),
+                    policy: Some(domains(r#"{"allow_domains":["a.example"]}"#)),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), ErrorCode::NetworkSetupFailed);
+            assert!(net.state().vms.is_empty());
+            assert!(net.state().allocation.leases.is_empty());
+            let set = nft::domain_set("a");
+            assert!(
+                net.kernel_mut()
+                    .calls
+                    .contains(&Call::StopResolver(set.clone()))
+            );
+
+            // A failed policy change on a running VM puts the old allowlist back.
+            net.add_vm(VmRequest {
+                vm_id: "b".into(),
+                policy: Some(domains(r#"{"allow_domains":["old.example"]}"#)),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+            net.kernel_mut().fail_on = Some("Nft".into());
+            net.set_vm_policy("b", domains(r#"{"allow_domains":["new.example"]}"#))
+                .await
+                .unwrap_err();
+            let Some(Call::ControlResolver(_, Control::Update(p))) =
+                net.kernel_mut().calls.last().cloned()
+            else {
+                panic!("rollback update expected")
+            };
+            assert_eq!(p.domains[0].to_string(), "old.example");
+            assert_eq!(
+                net.state().vms["b"].policy,
+                domains(r#"{"allow_domains":["old.example"]}"#)
+            );
+        });
+    }
+
+    #[test]
+    fn a_second_interface_joins_the_resolver() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, domain_config()).await.unwrap();
+            let p = domains(r#"{"allow_domains":["a.example"]}"#);
+            for iface in ["eth0", "eth1"] {
+                net.add_vm(VmRequest {
+                    vm_id: "a".into(),
+                    iface_id: iface.into(),
+                    policy: Some(p.clone()),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap();
+            }
+            let calls = &net.kernel_mut().calls;
+            assert_eq!(
+                calls
+                    .iter()
+                    .filter(|c| matches!(c, Call::StartResolver(_)))
+                    .count(),
+                1
+            );
+            let Some(Call::ControlResolver(_, Control::Update(u))) = calls
+                .iter()
+                .rev()
+                .find(|c| matches!(c, Call::ControlResolver(..)))
+            else {
+                panic!("client update expected")
+            };
+            assert_eq!(u.clients.len(), 2);
+            let json = serde_json::to_string(net.state()).unwrap();
+            let back: NetworkState = serde_json::from_str(&json).unwrap();
+            assert_eq!(&back, net.state(), "resolver state persists");
         });
     }
 }
