@@ -557,3 +557,136 @@ fn bad_input_is_refused_and_leaves_nothing() {
         net.teardown().await.unwrap();
     });
 }
+
+/// Connects, sends `data`, and returns everything the other side says before closing (empty
+/// when the connection is closed without an answer or cannot be made).
+fn talk(ip: Ipv4Addr, port: u16, data: &[u8]) -> String {
+    let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), PROBE_TIMEOUT) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = s.write_all(data);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn http(host: &str) -> Vec<u8> {
+    format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: flick-test\r\n\r\n").into_bytes()
+}
+
+/// A minimal TLS 1.3 ClientHello record carrying `sni`.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let n = sni.as_bytes();
+    let mut ext = vec![0x00, 0x00];
+    ext.extend_from_slice(&u16::try_from(n.len() + 5).unwrap().to_be_bytes());
+    ext.extend_from_slice(&u16::try_from(n.len() + 3).unwrap().to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&u16::try_from(n.len()).unwrap().to_be_bytes());
+    ext.extend_from_slice(n);
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0x5a; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01, 0x01, 0x00]);
+    body.extend_from_slice(&u16::try_from(ext.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![0x01, 0];
+    hs.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&u16::try_from(hs.len()).unwrap().to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[test]
+fn sni_and_host_inspection_rejects_a_different_name() {
+    let lab = lab(60);
+    let t = &lab.t;
+    let (g, dev) = t.guest();
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), config(Mode::Bridge))
+            .await
+            .unwrap();
+        let inspecting = policy(
+            r#"{"allow_domains":["api.example.com","files.pypi.test"],"inspect_names":true,
+                "rules":[{"action":"allow","to":"203.0.113.30","protocol":"tcp","ports":80}]}"#,
+        );
+        let i = net
+            .add_vm(vm("vm-s", &dev, Some(inspecting)))
+            .await
+            .unwrap();
+        configure_guest(&g, &i.lease);
+        let r = resolver_of(net.state(), "vm-s");
+        assert_ne!(r.proxy_port, 0, "the helper runs a proxy");
+        resolve(&g, &i, "api.example.com").expect("answer");
+        resolve(&g, &i, "files.pypi.test").expect("answer");
+        let uplink = "198.51.100.1";
+
+        let seen = g.run(|| {
+            [
+                ("HTTP, right Host", talk(API, 80, &http("api.example.com"))),
+                (
+                    "HTTP, Host with port",
+                    talk(API, 80, &http("API.example.com:80")),
+                ),
+                (
+                    "TLS, right SNI",
+                    talk(API, 443, &client_hello("api.example.com")),
+                ),
+                (
+                    "HTTP, other allowed name",
+                    talk(API, 80, &http("files.pypi.test")),
+                ),
+                (
+                    "HTTP, unlisted name",
+                    talk(API, 80, &http("other.example.com")),
+                ),
+                (
+                    "TLS, other allowed name",
+                    talk(API, 443, &client_hello("files.pypi.test")),
+                ),
+                (
+                    "TLS, unlisted name",
+                    talk(API, 443, &client_hello("evil.example")),
+                ),
+                ("not TLS on 443", talk(API, 443, &http("api.example.com"))),
+                ("HTTP, no Host", talk(API, 80, b"GET / HTTP/1.1\r\n\r\n")),
+                (
+                    "HTTP to the other host",
+                    talk(FILES, 80, &http("files.pypi.test")),
+                ),
+                (
+                    "allow rule, not inspected",
+                    talk(APEX, 80, &http("anything.example")),
+                ),
+            ]
+        });
+        let want = [
+            true, true, true, false, false, false, false, false, false, true, true,
+        ];
+        for ((what, got), ok) in seen.iter().zip(want) {
+            if ok {
+                assert_eq!(got, uplink, "{what}: passes");
+            } else {
+                assert_eq!(got, "", "{what}: closed without reaching the server");
+            }
+        }
+        // Other ports of a resolved address are not inspected.
+        assert!(g.run(|| tcp_probe(API, 8080)).is_some());
+
+        // The same mismatch passes without inspection: the check is what stopped it.
+        net.set_vm_policy(
+            "vm-s",
+            policy(r#"{"allow_domains":["api.example.com","files.pypi.test"]}"#),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            g.run(|| talk(API, 80, &http("files.pypi.test"))),
+            uplink,
+            "not inspected"
+        );
+        net.teardown().await.unwrap();
+    });
+}

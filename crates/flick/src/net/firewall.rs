@@ -114,6 +114,10 @@ pub struct EgressPolicy {
     /// What the resolver answers for other names.
     #[serde(default, skip_serializing_if = "DnsRefusal::is_default")]
     pub dns_refusal: DnsRefusal,
+    /// Check the name a connection claims (TLS SNI on port 443, HTTP `Host` on port 80) against
+    /// the names its address was resolved for, through flick's proxy. Needs `allow_domains`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inspect_names: bool,
 }
 
 impl EgressPolicy {
@@ -237,6 +241,8 @@ pub struct CompiledPolicy {
     pub domains: Vec<DomainPattern>,
     /// The resolver's answer for other names.
     pub dns_refusal: DnsRefusal,
+    /// Whether TLS SNI / HTTP `Host` are checked on ports 443/80.
+    pub inspect_names: bool,
 }
 
 impl CompiledPolicy {
@@ -317,12 +323,20 @@ impl EgressPolicy {
             }
             default_action = Some(Action::Deny);
         }
+        if self.inspect_names && self.allow_domains.is_empty() {
+            problems.push(json!({
+                "rule": Value::Null,
+                "field": "inspect_names",
+                "message": "inspect_names needs allow_domains",
+            }));
+        }
         if problems.is_empty() {
             Ok(CompiledPolicy {
                 rules,
                 default_action,
                 domains,
                 dns_refusal: self.dns_refusal,
+                inspect_names: self.inspect_names,
             })
         } else {
             let first = problems[0]["message"].as_str().unwrap_or("").to_owned();
@@ -659,5 +673,15 @@ mod tests {
             EgressPolicy::from_json(r#"{"dns_refusal":"servfail"}"#).is_err(),
             "unknown refusal"
         );
+        let e = EgressPolicy::from_json(r#"{"inspect_names":true}"#)
+            .unwrap()
+            .compile()
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidFirewallConfig);
+        let ok = EgressPolicy::from_json(r#"{"inspect_names":true,"allow_domains":["a.b"]}"#)
+            .unwrap()
+            .compile()
+            .unwrap();
+        assert!(ok.inspect_names);
     }
 }

@@ -231,6 +231,7 @@ fn vm_dns(r: &ResolverState) -> VmDns {
     VmDns {
         addr: r.addr,
         port: r.port,
+        proxy_port: r.proxy_port,
     }
 }
 
@@ -471,6 +472,7 @@ impl<K: NetKernel> HostNetwork<K> {
             domains: policy.domains.clone(),
             refusal: policy.dns_refusal,
             clients,
+            inspect_names: policy.inspect_names,
         }
     }
 

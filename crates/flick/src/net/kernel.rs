@@ -736,6 +736,7 @@ impl NetKernel for RecordingKernel {
             start_time: 0,
             addr: spec.listen,
             port: 40_000 + u16::try_from(self.next_index % 20_000).unwrap_or(0),
+            proxy_port: 0,
             control: spec.control.clone(),
             set: spec.set.clone(),
         })

@@ -116,7 +116,13 @@ pub struct VmDns {
     pub addr: Ipv4Addr,
     /// Its UDP and TCP port.
     pub port: u16,
+    /// Its name-checking proxy's TCP port (0: none).
+    #[serde(default)]
+    pub proxy_port: u16,
 }
+
+/// The ports whose connections the name-checking proxy inspects (HTTP, HTTPS).
+pub const INSPECTED_PORTS: [u16; 2] = [80, 443];
 
 /// The chain name of a VM's policy: `vm_` + a hash of its id.
 #[must_use]
@@ -341,6 +347,33 @@ fn vm_part(b: &mut Batch<'_>, vm: &VmRules) {
                     json!({ "dnat": { "family": "ip", "addr": dns.addr.to_string(), "port": dns.port } }),
                 ],
                 Some("flick: DNS to the VM's resolver"),
+            );
+        }
+        if vm.policy.inspect_names && dns.proxy_port != 0 {
+            // The CIDR rules keep deciding in the forward hook: what they match is not
+            // redirected. New HTTP(S) connections to resolved addresses go to the proxy.
+            for r in &vm.policy.rules {
+                let mut exprs = rule_exprs(r);
+                exprs.pop();
+                exprs.push(json!({ "return": null }));
+                b.rule(&dchain, exprs, Some("flick: decided by a rule"));
+            }
+            b.rule(
+                &dchain,
+                vec![
+                    matches(
+                        "==",
+                        ip_field("daddr"),
+                        json!(format!("@{}", domain_set(&vm.vm_id))),
+                    ),
+                    matches(
+                        "==",
+                        json!({ "payload": { "protocol": "tcp", "field": "dport" } }),
+                        json!({ "set": INSPECTED_PORTS }),
+                    ),
+                    json!({ "dnat": { "family": "ip", "addr": dns.addr.to_string(), "port": dns.proxy_port } }),
+                ],
+                Some("flick: SNI/Host check"),
             );
         }
         b.cmd(
@@ -726,6 +759,7 @@ mod tests {
         v.dns = Some(VmDns {
             addr: "172.30.0.1".parse().unwrap(),
             port: 40053,
+            proxy_port: 40054,
         });
         insta::assert_json_snapshot!(add_vm_batch("flick", &v));
         insta::assert_json_snapshot!(remove_vm_batch_with(

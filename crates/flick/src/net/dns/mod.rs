@@ -99,6 +99,10 @@ pub struct ResolverPolicy {
     pub refusal: DnsRefusal,
     /// The guest addresses that may query (anyone else gets `REFUSED`).
     pub clients: Vec<Ipv4Addr>,
+    /// Whether the proxy accepts connections (TLS SNI / HTTP `Host` checked); when off it
+    /// refuses every connection (nothing is redirected to it then).
+    #[serde(default)]
+    pub inspect_names: bool,
 }
 
 impl ResolverPolicy {
@@ -143,6 +147,9 @@ pub struct ResolverState {
     pub addr: Ipv4Addr,
     /// Its UDP/TCP port.
     pub port: u16,
+    /// Its name-checking proxy's TCP port (0 for a resolver without one).
+    #[serde(default)]
+    pub proxy_port: u16,
     /// Its abstract control socket name.
     pub control: String,
     /// The nftables set it fills.
@@ -253,10 +260,11 @@ pub fn start(spec: &ResolverSpec, helper: &Path) -> Result<ResolverState> {
     });
     let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
     let line = line.trim();
-    if let Some(port) = line
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse::<u16>().ok())
-    {
+    let ports: Option<(u16, u16)> = line.strip_prefix("READY ").and_then(|rest| {
+        let mut w = rest.split_whitespace().map(str::parse::<u16>);
+        Some((w.next()?.ok()?, w.next()?.ok()?))
+    });
+    if let Some((port, proxy_port)) = ports {
         let start_time = super::wireguard::start_time(pid)
             .ok_or_else(|| setup_err("the DNS resolver helper exited"))?;
         // Deliberately not waited for: it outlives this process.
@@ -266,6 +274,7 @@ pub fn start(spec: &ResolverSpec, helper: &Path) -> Result<ResolverState> {
             start_time,
             addr: spec.listen,
             port,
+            proxy_port,
             control: spec.control.clone(),
             set: spec.set.clone(),
         });
@@ -391,6 +400,7 @@ mod tests {
                 domains: vec![DomainPattern::parse("*.x.org").unwrap()],
                 refusal: DnsRefusal::Nxdomain,
                 clients: vec![Ipv4Addr::new(10, 0, 0, 2)],
+                inspect_names: true,
             }),
         ] {
             let j = serde_json::to_string(&c).unwrap();

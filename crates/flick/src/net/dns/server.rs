@@ -7,6 +7,13 @@
 //! `SOA` authority record, clamp TTLs, add every `A` address to the VM's set and wait for the
 //! kernel's acknowledgement, then reply. A failed set update is `SERVFAIL`: the guest never
 //! gets an address it could not connect to.
+//!
+//! The name-checking proxy (policies with `inspect_names`): nftables redirects the VM's new TCP
+//! connections to resolved addresses on ports 80 and 443 here. The proxy reads the original
+//! destination (`SO_ORIGINAL_DST`), then the first bytes: the TLS ClientHello's SNI (443) or
+//! the HTTP request's `Host` (80). Only when that name is allowed *and* is one of the names the
+//! resolver handed out that very address for does it connect to the destination, replay the
+//! bytes and relay both ways; otherwise it closes the connection.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -193,6 +200,7 @@ impl Engine {
         }
         let q = &req.queries[0];
         let qname = q.name().to_ascii().to_ascii_lowercase();
+        let qname = qname.trim_end_matches('.').to_owned();
         let (client_ok, allowed, refusal) = {
             let sh = self.lock();
             (
@@ -283,6 +291,21 @@ impl Engine {
         Some(bytes)
     }
 
+    /// Whether a connection from `src` to `addr` claiming `name` may pass the proxy: the name is
+    /// allowed and the resolver handed `addr` out for it (and the entry is live).
+    #[must_use]
+    pub fn name_resolved_to(&self, src: Ipv4Addr, addr: Ipv4Addr, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let sh = self.lock();
+        sh.policy.inspect_names
+            && sh.policy.clients.contains(&src)
+            && sh.policy.allows(&name)
+            && sh
+                .entries
+                .get(&addr)
+                .is_some_and(|e| e.expires > Instant::now() && e.names.contains(&name))
+    }
+
     async fn forward(&self, query: &[u8], tcp: bool) -> std::io::Result<Vec<u8>> {
         let mut q = query.to_vec();
         let id = random_u16();
@@ -314,6 +337,209 @@ impl Engine {
             }
         }
         Err(last)
+    }
+}
+
+/// What the first bytes of a connection say about the host it wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Not enough bytes yet.
+    More,
+    /// The claimed host name.
+    Name(String),
+    /// Not TLS with SNI / not HTTP with `Host`.
+    Unusable,
+}
+
+/// The largest head the proxy reads before deciding.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+fn be16(b: &[u8], at: usize) -> Option<usize> {
+    Some(usize::from(u16::from_be_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+    ])))
+}
+
+/// The SNI host name of a TLS ClientHello (in the first record).
+#[must_use]
+pub fn tls_sni(buf: &[u8]) -> Claim {
+    if buf.len() < 5 {
+        return if buf.first().is_none_or(|b| *b == 0x16) {
+            Claim::More
+        } else {
+            Claim::Unusable
+        };
+    }
+    if buf[0] != 0x16 {
+        return Claim::Unusable;
+    }
+    let Some(rec_len) = be16(buf, 3) else {
+        return Claim::More;
+    };
+    if buf.len() < 5 + rec_len {
+        return if 5 + rec_len > MAX_HEAD {
+            Claim::Unusable
+        } else {
+            Claim::More
+        };
+    }
+    parse_client_hello(&buf[5..5 + rec_len]).map_or(Claim::Unusable, Claim::Name)
+}
+
+fn parse_client_hello(h: &[u8]) -> Option<String> {
+    if *h.first()? != 0x01 {
+        return None;
+    }
+    // type(1) length(3) version(2) random(32)
+    let mut at = 4 + 2 + 32;
+    at += 1 + usize::from(*h.get(at)?); // session id
+    at += 2 + be16(h, at)?; // cipher suites
+    at += 1 + usize::from(*h.get(at)?); // compression methods
+    let ext_end = at + 2 + be16(h, at)?;
+    at += 2;
+    if ext_end > h.len() {
+        return None;
+    }
+    while at + 4 <= ext_end {
+        let kind = be16(h, at)?;
+        let len = be16(h, at + 2)?;
+        let data = h.get(at + 4..at + 4 + len)?;
+        if kind == 0 {
+            // server_name: list length(2), then entries of type(1) length(2) name
+            let mut p = 2;
+            while p + 3 <= data.len() {
+                let nlen = be16(data, p + 1)?;
+                let name = data.get(p + 3..p + 3 + nlen)?;
+                if data[p] == 0 {
+                    let n = std::str::from_utf8(name).ok()?;
+                    return (!n.is_empty() && n.is_ascii()).then(|| n.to_ascii_lowercase());
+                }
+                p += 3 + nlen;
+            }
+            return None;
+        }
+        at += 4 + len;
+    }
+    None
+}
+
+/// The `Host` of an HTTP/1.x request head (port stripped).
+#[must_use]
+pub fn http_host(buf: &[u8]) -> Claim {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() >= MAX_HEAD {
+            Claim::Unusable
+        } else {
+            Claim::More
+        };
+    };
+    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
+        return Claim::Unusable;
+    };
+    let mut lines = head.split("\r\n");
+    let request = lines.next().unwrap_or("");
+    if !request.ends_with("HTTP/1.1") && !request.ends_with("HTTP/1.0") {
+        return Claim::Unusable;
+    }
+    let mut found = None;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':')
+            && k.trim().eq_ignore_ascii_case("host")
+        {
+            if found.is_some() {
+                return Claim::Unusable; // two Host headers: ambiguous
+            }
+            found = Some(v.trim().to_owned());
+        }
+    }
+    let Some(host) = found else {
+        return Claim::Unusable;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h.to_owned(),
+        _ => host,
+    };
+    if name.is_empty() || !name.is_ascii() {
+        return Claim::Unusable;
+    }
+    Claim::Name(name.to_ascii_lowercase())
+}
+
+fn original_dst(s: &tokio::net::TcpStream) -> std::io::Result<SocketAddrV4> {
+    use std::os::fd::AsRawFd;
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are valid for writes of the given size during the call.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            (&raw mut addr).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    ))
+}
+
+async fn proxy_one(engine: Arc<Engine>, mut conn: tokio::net::TcpStream, peer: SocketAddr) {
+    let src = src_v4(peer);
+    let Ok(dst) = original_dst(&conn) else {
+        return;
+    };
+    let mut head = Vec::with_capacity(2048);
+    let claim = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut b = [0u8; 4096];
+        loop {
+            let c = match dst.port() {
+                443 => tls_sni(&head),
+                80 => http_host(&head),
+                _ => Claim::Unusable,
+            };
+            if c != Claim::More {
+                return c;
+            }
+            match conn.read(&mut b).await {
+                Ok(0) | Err(_) => return Claim::Unusable,
+                Ok(n) => head.extend_from_slice(&b[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap_or(Claim::Unusable);
+    let Claim::Name(name) = claim else {
+        return;
+    };
+    if !engine.name_resolved_to(src, *dst.ip(), &name) {
+        return;
+    }
+    let Ok(Ok(mut up)) =
+        tokio::time::timeout(UPSTREAM_TIMEOUT, tokio::net::TcpStream::connect(dst)).await
+    else {
+        return;
+    };
+    if up.write_all(&head).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+}
+
+async fn proxy_loop(engine: Arc<Engine>, listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((conn, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        tokio::spawn(proxy_one(engine.clone(), conn, peer));
     }
 }
 
@@ -478,7 +704,7 @@ async fn control_loop(engine: Arc<Engine>, listener: tokio::net::UnixListener) {
 
 /// The `flick-dns` helper's entry point: detaches into its own session, reads a
 /// [`ResolverSpec`] as JSON on stdin, binds, prints `READY <port>` (or `ERROR <message>`), then
-/// serves until SIGTERM or SIGKILL ends it.
+/// serves until SIGTERM or SIGKILL ends it. `READY` carries the DNS port and the proxy port.
 #[must_use]
 pub fn helper_main() -> ExitCode {
     let fail = |msg: String| -> ExitCode {
@@ -543,7 +769,12 @@ pub fn helper_main() -> ExitCode {
                 Err(e) => return fail(format!("control socket {}: {e}", spec.control)),
             }
         };
+        let proxy = match tokio::net::TcpListener::bind((spec.listen, 0)).await {
+            Ok(l) => l,
+            Err(e) => return fail(format!("bind the proxy on {}: {e}", spec.listen)),
+        };
         let port = udp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let proxy_port = proxy.local_addr().map(|a| a.port()).unwrap_or(0);
         let engine = Arc::new(Engine::new(
             spec.policy,
             spec.upstreams,
@@ -552,6 +783,7 @@ pub fn helper_main() -> ExitCode {
         ));
         let e2 = engine.clone();
         tokio::spawn(control_loop(engine.clone(), control));
+        tokio::spawn(proxy_loop(engine.clone(), proxy));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -559,9 +791,134 @@ pub fn helper_main() -> ExitCode {
             }
         });
         let mut out = std::io::stdout();
-        let _ = writeln!(out, "READY {port}");
+        let _ = writeln!(out, "READY {port} {proxy_port}");
         let _ = out.flush();
         serve(engine, Arc::new(udp), tcp).await;
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_hello(sni: Option<&str>) -> Vec<u8> {
+        let mut ext = Vec::new();
+        // an unrelated extension first (supported_groups)
+        ext.extend_from_slice(&[0x00, 0x0a, 0x00, 0x04, 0x00, 0x02, 0x00, 0x1d]);
+        if let Some(n) = sni {
+            let n = n.as_bytes();
+            let entry_len = 3 + n.len();
+            ext.extend_from_slice(&[0x00, 0x00]);
+            ext.extend_from_slice(&u16::try_from(entry_len + 2).unwrap().to_be_bytes());
+            ext.extend_from_slice(&u16::try_from(entry_len).unwrap().to_be_bytes());
+            ext.push(0);
+            ext.extend_from_slice(&u16::try_from(n.len()).unwrap().to_be_bytes());
+            ext.extend_from_slice(n);
+        }
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[7u8; 32]);
+        body.push(0); // session id
+        body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]); // one cipher suite
+        body.extend_from_slice(&[0x01, 0x00]); // null compression
+        body.extend_from_slice(&u16::try_from(ext.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![0x01, 0];
+        hs.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+        hs.extend_from_slice(&body);
+        let mut rec = vec![0x16, 0x03, 0x01];
+        rec.extend_from_slice(&u16::try_from(hs.len()).unwrap().to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn sni_is_read_from_a_client_hello() {
+        let hello = client_hello(Some("API.example.com"));
+        assert_eq!(tls_sni(&hello), Claim::Name("api.example.com".into()));
+        for cut in [0, 3, 5, 40, hello.len() - 1] {
+            assert_eq!(tls_sni(&hello[..cut]), Claim::More, "cut at {cut}");
+        }
+        assert_eq!(tls_sni(&client_hello(None)), Claim::Unusable);
+        assert_eq!(tls_sni(b"GET / HTTP/1.1\r\n"), Claim::Unusable);
+        let mut broken = hello.clone();
+        broken[5] = 0x02; // not a ClientHello
+        assert_eq!(tls_sni(&broken), Claim::Unusable);
+    }
+
+    #[test]
+    fn host_is_read_from_an_http_head() {
+        assert_eq!(
+            http_host(b"GET / HTTP/1.1\r\nUser-Agent: x\r\nHOST: Api.Example.com:8080\r\n\r\n"),
+            Claim::Name("api.example.com".into())
+        );
+        assert_eq!(http_host(b"GET / HTTP/1.1\r\nHost: a"), Claim::More);
+        for bad in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"\x16\x03\x01\x00\x05hello\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+        ] {
+            assert_eq!(http_host(bad), Claim::Unusable, "{bad:?}");
+        }
+        assert_eq!(http_host(&vec![b'a'; MAX_HEAD]), Claim::Unusable);
+    }
+
+    #[test]
+    fn answers_without_upstream_follow_the_policy() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = Ipv4Addr::new(10, 0, 0, 2);
+        let engine = Engine::new(
+            ResolverPolicy {
+                domains: vec![crate::net::DomainPattern::parse("*.ok.test").unwrap()],
+                refusal: DnsRefusal::Nxdomain,
+                clients: vec![client],
+                inspect_names: true,
+            },
+            Vec::new(),
+            TtlLimits::default(),
+            None,
+        );
+        let ask = |name: &str, t: RecordType, src: Ipv4Addr| {
+            let mut m = Message::query();
+            m.add_query(hickory_proto::op::Query::query(
+                hickory_proto::rr::Name::from_ascii(name).unwrap(),
+                t,
+            ));
+            let q = m.to_vec().unwrap();
+            let a = rt
+                .block_on(engine.answer(&q, src, false))
+                .expect("an answer");
+            let a = Message::from_vec(&a).unwrap();
+            assert_eq!(a.metadata.id, m.metadata.id);
+            a.metadata.response_code
+        };
+        assert_eq!(
+            ask("x.bad.test", RecordType::A, client),
+            ResponseCode::NXDomain
+        );
+        assert_eq!(
+            ask("x.ok.test", RecordType::A, Ipv4Addr::new(10, 0, 0, 3)),
+            ResponseCode::Refused,
+            "not a client"
+        );
+        assert_eq!(
+            ask("x.ok.test", RecordType::AAAA, client),
+            ResponseCode::NoError
+        );
+        assert_eq!(
+            ask("x.ok.test", RecordType::A, client),
+            ResponseCode::ServFail,
+            "no upstream"
+        );
+        assert_eq!(
+            ask("x.ok.test", RecordType::AXFR, client),
+            ResponseCode::Refused
+        );
+        assert_eq!(rt.block_on(engine.answer(b"junk", client, false)), None);
+        assert!(!engine.name_resolved_to(client, Ipv4Addr::new(1, 1, 1, 1), "x.ok.test"));
+    }
 }
