@@ -467,6 +467,17 @@ impl<K: NetKernel> HostNetwork<K> {
         Ok(ups)
     }
 
+    fn check_inspection(&self, policy: &CompiledPolicy) -> Result<()> {
+        if policy.inspect_names && self.state.wireguard.is_some() {
+            return Err(Error::new(
+                ErrorCode::InvalidFirewallConfig,
+                "inspect_names cannot be used with WireGuard egress: the checking proxy \
+                 connects from the host and would bypass the tunnel",
+            ));
+        }
+        Ok(())
+    }
+
     fn resolver_policy(policy: &CompiledPolicy, clients: Vec<Ipv4Addr>) -> ResolverPolicy {
         ResolverPolicy {
             domains: policy.domains.clone(),
@@ -551,6 +562,7 @@ impl<K: NetKernel> HostNetwork<K> {
                 format!("host device {d} is already used by VM {owner}"),
             ));
         }
+        self.check_inspection(&compiled)?;
         if compiled.has_domains() {
             // Fail before touching anything when no resolver could work.
             self.upstreams()?;
@@ -743,6 +755,7 @@ impl<K: NetKernel> HostNetwork<K> {
                 format!("VM {vm_id} has no network"),
             ));
         };
+        self.check_inspection(&compiled)?;
         let clients: Vec<Ipv4Addr> = vm.interfaces.iter().map(|i| i.lease.guest_ip).collect();
         let old_compiled = vm.policy.compile()?;
         let mut started = None;

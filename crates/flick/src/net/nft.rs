@@ -28,7 +28,10 @@
 //!   # VMs with a domain policy (see `super::dns`) additionally get:
 //!   map dns_vms { type ipv4_addr : verdict }            # guest address -> jump dns_<hash>
 //!   chain prerouting { nat hook prerouting, priority dstnat: ip saddr vmap @dns_vms }
-//!   chain dns_<hash> { fib daddr type local th dport 53 dnat ip to RESOLVER:PORT }
+//!   chain dns_<hash> {
+//!     fib daddr type local th dport 53 dnat ip to RESOLVER:PORT
+//!     [inspect_names] <each VM rule> return; ip daddr @d_<hash> tcp dport { 80, 443 } dnat ip to RESOLVER:PROXY
+//!   }
 //!   set d_<hash> { type ipv4_addr; flags timeout }      # filled by the VM's resolver
 //!   chain vm_<hash> {
 //!     th dport { 53, 853 } drop                         # no DNS/DoT except flick's resolver

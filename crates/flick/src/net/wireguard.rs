@@ -792,6 +792,14 @@ pub async fn enable<K: NetKernel>(
             "WireGuard egress is already enabled",
         ));
     }
+    if let Some((vm, _)) = net.state().vms.iter().find(|(_, v)| v.policy.inspect_names) {
+        // The name-checking proxy connects from the host itself, outside the VM routing
+        // through the tunnel: it would bypass it.
+        return Err(Error::new(
+            ErrorCode::InvalidState,
+            format!("VM {vm} uses inspect_names, which does not go through WireGuard egress"),
+        ));
+    }
     let routed: Vec<Ipv4Net> = if cfg.route_all_vm_traffic {
         vec![Ipv4Net::default()]
     } else {
@@ -1194,5 +1202,49 @@ mod tests {
         let cfg: std::result::Result<WireguardConfig, _> =
             serde_json::from_str(r#"{"mode":{"existing":{"interface":"wg0"}},"tabel":5}"#);
         assert!(cfg.is_err());
+    }
+
+    #[test]
+    fn name_inspection_and_wireguard_exclude_each_other() {
+        use crate::net::host::{HostNetwork, NetworkConfig, VmRequest};
+        use crate::net::kernel::RecordingKernel;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cfg = || NetworkConfig {
+                dns_upstreams: vec!["10.9.9.9".into()],
+                ..NetworkConfig::default()
+            };
+            let wg = WireguardConfig {
+                mode: WireguardMode::Existing {
+                    interface: "wg7".into(),
+                },
+                ..WireguardConfig::managed("")
+            };
+            let inspecting = || VmRequest {
+                vm_id: "a".into(),
+                policy: Some(
+                    crate::net::EgressPolicy::from_json(
+                        r#"{"allow_domains":["a.example"],"inspect_names":true}"#,
+                    )
+                    .unwrap(),
+                ),
+                ..VmRequest::default()
+            };
+            let mut k = RecordingKernel::with_uplink("eth0");
+            k.links.insert("wg7".into(), 7);
+            let mut net = HostNetwork::setup(k.clone(), cfg()).await.unwrap();
+            net.add_vm(inspecting()).await.unwrap();
+            let e = enable(&mut net, &wg).await.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidState);
+            assert!(net.state().wireguard.is_none());
+
+            let mut net = HostNetwork::setup(k, cfg()).await.unwrap();
+            enable(&mut net, &wg).await.unwrap();
+            let e = net.add_vm(inspecting()).await.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidFirewallConfig);
+            assert!(net.state().vms.is_empty());
+        });
     }
 }

@@ -22,7 +22,11 @@
 //! 4. A policy change on a running VM sends the new allowlist over the control socket (the
 //!    resolver swaps it at once and removes set entries no allowed name still accounts for)
 //!    and replaces the VM's chain in one transaction.
-//! 5. `remove_vm` / `teardown` remove the rules and the set in one transaction and stop the
+//! 5. With `inspect_names`, new TCP connections of the VM to resolved addresses on ports 80
+//!    and 443 are redirected to the helper's proxy, which lets a connection through only when
+//!    its TLS SNI / HTTP `Host` is an allowed name that resolved to that very address (see
+//!    [`server`]).
+//! 6. `remove_vm` / `teardown` remove the rules and the set in one transaction and stop the
 //!    helper (SIGTERM, then SIGKILL). [`ResolverState`] (pid + start time) is kept in
 //!    [`super::NetworkState`], so a later process stops the right one.
 
