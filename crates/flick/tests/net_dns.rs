@@ -451,6 +451,31 @@ fn cleanup_and_restore_stop_the_resolver_and_leave_nothing() {
     );
     t.host.block_on(|| async {
         let mut net = HostNetwork::restore(Netlink::connect().unwrap(), state).unwrap();
+        assert!(net.ensure_resolvers().await.unwrap().is_empty(), "alive");
+        // A resolver that dies fails closed, and ensure_resolvers brings it back.
+        let pid = rustix::process::Pid::from_raw(r.pid as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_running(&r) {
+            assert!(Instant::now() < deadline, "the helper did not die");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            resolve(&g, &i, "api.example.com"),
+            None,
+            "no answer while down"
+        );
+        assert_eq!(
+            net.ensure_resolvers().await.unwrap(),
+            vec!["vm-r".to_owned()]
+        );
+        let r = resolver_of(net.state(), "vm-r");
+        assert!(is_running(&r));
+        assert_eq!(
+            resolve(&g, &i, "api.example.com").expect("answer").addrs,
+            vec![API],
+            "answers again"
+        );
         net.remove_vm("vm-r").await.unwrap();
         assert!(!is_running(&r), "a restored manager stops it");
         let sets = t.host.exec(&["nft", "list", "sets", "inet"]);

@@ -825,6 +825,52 @@ impl<K: NetKernel> HostNetwork<K> {
         }
     }
 
+    /// Restarts the resolver of every domain VM whose helper is gone (a crash, a host reboot
+    /// with the VMs brought back, a stray kill) and points the VM's DNS redirect at the new one
+    /// (one transaction per VM). Until then such a VM fails closed: its DNS gets no answer and
+    /// no new address is allowed. Returns the ids of the VMs whose resolver was restarted.
+    pub async fn ensure_resolvers(&mut self) -> Result<Vec<String>> {
+        let mut restarted = Vec::new();
+        let vms: Vec<(String, VmNetwork)> = self
+            .state
+            .vms
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (id, vm) in vms {
+            let Some(old) = &vm.resolver else {
+                continue;
+            };
+            if self.kernel.resolver_running(old) {
+                continue;
+            }
+            let compiled = vm.policy.compile()?;
+            let clients = vm.interfaces.iter().map(|i| i.lease.guest_ip).collect();
+            let new = self.start_resolver(&id, old.addr, clients, &compiled)?;
+            let rules: Vec<VmRules> = vm
+                .interfaces
+                .iter()
+                .map(|i| VmRules {
+                    vm_id: id.clone(),
+                    guest_ip: i.lease.guest_ip,
+                    device: self.pinned_device(&i.host_device),
+                    policy: compiled.clone(),
+                    dns: Some(vm_dns(&new)),
+                })
+                .collect();
+            let batch = nft::vm_policy_batch(&self.state.config.table, &rules, true);
+            if let Err(e) = self.kernel.apply_nft(&batch).await {
+                let _ = self.kernel.stop_resolver(&new);
+                return Err(e);
+            }
+            if let Some(v) = self.state.vms.get_mut(&id) {
+                v.resolver = Some(new);
+            }
+            restarted.push(id);
+        }
+        Ok(restarted)
+    }
+
     /// Unplugs every interface of a VM and removes exactly its egress rules. Unknown VMs are
     /// [`ErrorCode::NotFound`].
     pub async fn remove_vm(&mut self, vm_id: &str) -> Result<()> {
@@ -1426,6 +1472,38 @@ mod tests {
             let json = serde_json::to_string(net.state()).unwrap();
             let back: NetworkState = serde_json::from_str(&json).unwrap();
             assert_eq!(&back, net.state(), "resolver state persists");
+        });
+    }
+
+    #[test]
+    fn dead_resolvers_are_restarted() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, domain_config()).await.unwrap();
+            net.add_vm(VmRequest {
+                vm_id: "a".into(),
+                policy: Some(domains(r#"{"allow_domains":["a.example"]}"#)),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+            net.add_vm(VmRequest {
+                vm_id: "b".into(),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+            assert!(
+                net.ensure_resolvers().await.unwrap().is_empty(),
+                "all alive"
+            );
+            let old = net.state().vms["a"].resolver.clone().unwrap();
+            net.kernel_mut().dead_resolvers.push(old.set.clone());
+            assert_eq!(net.ensure_resolvers().await.unwrap(), vec!["a".to_owned()]);
+            let new = net.state().vms["a"].resolver.clone().unwrap();
+            assert_ne!(new.port, old.port);
+            let batch = last_nft(net.kernel_mut());
+            assert!(batch.contains(&format!("\"port\":{}", new.port)), "{batch}");
         });
     }
 }

@@ -98,6 +98,10 @@ pub trait NetKernel {
     fn stop_resolver(&mut self, state: &super::dns::ResolverState) -> Result<()> {
         super::dns::stop(state)
     }
+    /// Whether a resolver helper is still running (see [`super::dns::is_running`]).
+    fn resolver_running(&mut self, state: &super::dns::ResolverState) -> bool {
+        super::dns::is_running(state)
+    }
 }
 
 /// `from <from> [to <to>] lookup <table> pref <priority>`.
@@ -589,6 +593,8 @@ pub struct RecordingKernel {
     pub forwarding: bool,
     /// Makes the first call whose `Debug` text contains this string fail.
     pub fail_on: Option<String>,
+    /// Resolvers (by set name) that [`NetKernel::resolver_running`] reports as gone.
+    pub dead_resolvers: Vec<String>,
     next_index: u32,
 }
 
@@ -750,5 +756,8 @@ impl NetKernel for RecordingKernel {
     }
     fn stop_resolver(&mut self, state: &super::dns::ResolverState) -> Result<()> {
         self.record(Call::StopResolver(state.set.clone()))
+    }
+    fn resolver_running(&mut self, state: &super::dns::ResolverState) -> bool {
+        !self.dead_resolvers.contains(&state.set)
     }
 }
