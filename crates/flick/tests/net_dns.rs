@@ -28,13 +28,16 @@ const DEEP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 50); // deep.cdn.pypi.test
 const BLOCKED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 60); // blocked.example.com
 const ECHO_PORT: u16 = 7000;
 
-const RECORDS: [(&str, Ipv4Addr); 6] = [
+const RECORDS: [(&str, Ipv4Addr); 9] = [
     ("api.example.com", API),
     ("other.example.com", OTHER),
     ("pypi.test", APEX),
     ("files.pypi.test", FILES),
     ("deep.cdn.pypi.test", DEEP),
     ("blocked.example.com", BLOCKED),
+    ("internal.example.com", Ipv4Addr::new(10, 1, 2, 3)),
+    ("loop.example.com", Ipv4Addr::LOCALHOST),
+    ("metadata.example.com", Ipv4Addr::new(169, 254, 169, 254)),
 ];
 
 /// The topology plus a DNS server; dnsmasq goes first when dropped.
@@ -711,6 +714,66 @@ fn sni_and_host_inspection_rejects_a_different_name() {
             g.run(|| talk(API, 80, &http("files.pypi.test"))),
             uplink,
             "not inspected"
+        );
+        net.teardown().await.unwrap();
+    });
+}
+
+#[test]
+fn names_pointing_inside_hand_out_nothing() {
+    let lab = lab(60);
+    let t = &lab.t;
+    let (g, dev) = t.guest();
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), config(Mode::Bridge))
+            .await
+            .unwrap();
+        let i = net
+            .add_vm(vm(
+                "vm-p",
+                &dev,
+                Some(policy(r#"{"allow_domains":["*.example.com"]}"#)),
+            ))
+            .await
+            .unwrap();
+        configure_guest(&g, &i.lease);
+        for name in [
+            "internal.example.com",
+            "loop.example.com",
+            "metadata.example.com",
+        ] {
+            let a = resolve(&g, &i, name).expect("answer");
+            assert_eq!(a.code, ResponseCode::NoError, "{name}");
+            assert!(a.addrs.is_empty(), "{name}: {a:?}");
+        }
+        let listing = set_listing(&t.host, "vm-p");
+        for ip in ["10.1.2.3", "127.0.0.1", "169.254.169.254"] {
+            assert!(!listing.contains(ip), "{ip} in {listing}");
+        }
+        // Public answers are unaffected.
+        assert_eq!(
+            resolve(&g, &i, "api.example.com").expect("answer").addrs,
+            vec![API]
+        );
+        // Private addresses can be allowed explicitly; loopback and link-local never.
+        net.set_vm_policy(
+            "vm-p",
+            policy(r#"{"allow_domains":["*.example.com"],"allow_private_addresses":true}"#),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            resolve(&g, &i, "internal.example.com")
+                .expect("answer")
+                .addrs,
+            vec![Ipv4Addr::new(10, 1, 2, 3)]
+        );
+        assert!(set_listing(&t.host, "vm-p").contains("10.1.2.3"));
+        assert!(
+            resolve(&g, &i, "loop.example.com")
+                .expect("answer")
+                .addrs
+                .is_empty()
         );
         net.teardown().await.unwrap();
     });

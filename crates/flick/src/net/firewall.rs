@@ -118,6 +118,12 @@ pub struct EgressPolicy {
     /// the names its address was resolved for, through flick's proxy. Needs `allow_domains`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub inspect_names: bool,
+    /// Let allowed names resolve to private addresses (RFC 1918, 100.64.0.0/10). Off by
+    /// default: an allowed name whose DNS points inside (rebinding) does not open internal
+    /// networks. Loopback, link-local, multicast, reserved addresses and the VM pool are never
+    /// handed out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private_addresses: bool,
 }
 
 impl EgressPolicy {
@@ -243,6 +249,8 @@ pub struct CompiledPolicy {
     pub dns_refusal: DnsRefusal,
     /// Whether TLS SNI / HTTP `Host` are checked on ports 443/80.
     pub inspect_names: bool,
+    /// Whether answers may carry private addresses.
+    pub allow_private_addresses: bool,
 }
 
 impl CompiledPolicy {
@@ -337,6 +345,7 @@ impl EgressPolicy {
                 domains,
                 dns_refusal: self.dns_refusal,
                 inspect_names: self.inspect_names,
+                allow_private_addresses: self.allow_private_addresses,
             })
         } else {
             let first = problems[0]["message"].as_str().unwrap_or("").to_owned();

@@ -478,12 +478,14 @@ impl<K: NetKernel> HostNetwork<K> {
         Ok(())
     }
 
-    fn resolver_policy(policy: &CompiledPolicy, clients: Vec<Ipv4Addr>) -> ResolverPolicy {
+    fn resolver_policy(&self, policy: &CompiledPolicy, clients: Vec<Ipv4Addr>) -> ResolverPolicy {
         ResolverPolicy {
             domains: policy.domains.clone(),
             refusal: policy.dns_refusal,
             clients,
             inspect_names: policy.inspect_names,
+            allow_private: policy.allow_private_addresses,
+            never: vec![self.subnet.net()],
         }
     }
 
@@ -501,7 +503,7 @@ impl<K: NetKernel> HostNetwork<K> {
             set: nft::domain_set(vm_id),
             control: dns::control_name(&self.state.config.table, vm_id),
             upstreams: self.upstreams()?,
-            policy: Self::resolver_policy(policy, clients),
+            policy: self.resolver_policy(policy, clients),
             ttl: self.state.config.dns_ttl,
         };
         let helper = dns::helper_path(self.state.config.dns_helper.as_deref());
@@ -686,7 +688,7 @@ impl<K: NetKernel> HostNetwork<K> {
             clients.push(lease.guest_ip);
             match resolver {
                 Some(r) => {
-                    let cmd = Control::Update(Self::resolver_policy(policy, clients));
+                    let cmd = Control::Update(self.resolver_policy(policy, clients));
                     self.kernel.control_resolver(r, &cmd)?;
                 }
                 None => {
@@ -773,7 +775,7 @@ impl<K: NetKernel> HostNetwork<K> {
                 Some(r)
             }
             (Some(r), true) => {
-                let cmd = Control::Update(Self::resolver_policy(&compiled, clients.clone()));
+                let cmd = Control::Update(self.resolver_policy(&compiled, clients.clone()));
                 self.kernel.control_resolver(r, &cmd)?;
                 Some(r.clone())
             }
@@ -796,7 +798,7 @@ impl<K: NetKernel> HostNetwork<K> {
             if let Some(r) = &started {
                 let _ = self.kernel.stop_resolver(r);
             } else if let (Some(r), true) = (&vm.resolver, old_compiled.has_domains()) {
-                let cmd = Control::Update(Self::resolver_policy(&old_compiled, clients));
+                let cmd = Control::Update(self.resolver_policy(&old_compiled, clients));
                 let _ = self.kernel.control_resolver(r, &cmd);
             }
             return Err(e);

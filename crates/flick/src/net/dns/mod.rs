@@ -107,6 +107,25 @@ pub struct ResolverPolicy {
     /// refuses every connection (nothing is redirected to it then).
     #[serde(default)]
     pub inspect_names: bool,
+    /// Whether answers may carry private addresses (see [`answer_address_allowed`]).
+    #[serde(default)]
+    pub allow_private: bool,
+    /// Networks never handed out (the VM pool: guests must not reach the host or each other
+    /// through a name).
+    #[serde(default)]
+    pub never: Vec<ipnet::Ipv4Net>,
+}
+
+/// Whether the resolver may hand `ip` out: never loopback, unspecified (`0/8`), link-local,
+/// multicast, reserved (`240/4`), broadcast or anything in `never`; private ranges
+/// (`10/8`, `172.16/12`, `192.168/16`, `100.64/10`) only with `allow_private`.
+#[must_use]
+pub fn answer_address_allowed(ip: Ipv4Addr, allow_private: bool, never: &[ipnet::Ipv4Net]) -> bool {
+    let o = ip.octets();
+    let special =
+        ip.is_loopback() || o[0] == 0 || ip.is_link_local() || ip.is_multicast() || o[0] >= 240;
+    let private = ip.is_private() || (o[0] == 100 && (64..128).contains(&o[1]));
+    !special && (allow_private || !private) && !never.iter().any(|n| n.contains(&ip))
 }
 
 impl ResolverPolicy {
@@ -396,6 +415,34 @@ mod tests {
     }
 
     #[test]
+    fn answer_addresses_are_filtered() {
+        let pool: Vec<ipnet::Ipv4Net> = vec!["172.30.0.0/24".parse().unwrap()];
+        for (ip, public_only, with_private) in [
+            ("203.0.113.10", true, true),
+            ("8.8.8.8", true, true),
+            ("10.1.2.3", false, true),
+            ("172.16.0.1", false, true),
+            ("192.168.1.1", false, true),
+            ("100.64.0.1", false, true),
+            ("100.128.0.1", true, true),
+            ("127.0.0.1", false, false),
+            ("0.0.0.0", false, false),
+            ("169.254.169.254", false, false),
+            ("224.0.0.1", false, false),
+            ("255.255.255.255", false, false),
+            ("172.30.0.1", false, false),
+        ] {
+            let a: Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(answer_address_allowed(a, false, &pool), public_only, "{ip}");
+            assert_eq!(
+                answer_address_allowed(a, true, &pool),
+                with_private,
+                "{ip} (private ok)"
+            );
+        }
+    }
+
+    #[test]
     fn control_round_trips() {
         for c in [
             Control::Ping,
@@ -405,6 +452,8 @@ mod tests {
                 refusal: DnsRefusal::Nxdomain,
                 clients: vec![Ipv4Addr::new(10, 0, 0, 2)],
                 inspect_names: true,
+                allow_private: false,
+                never: vec!["172.30.0.0/24".parse().unwrap()],
             }),
         ] {
             let j = serde_json::to_string(&c).unwrap();

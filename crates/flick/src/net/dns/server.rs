@@ -248,6 +248,7 @@ impl Engine {
         for mut r in resp.answers {
             match &r.data {
                 RData::AAAA(_) => continue,
+                RData::A(a) if !self.address_allowed(a.0) => continue,
                 RData::A(a) => {
                     addrs.push(a.0);
                     r.ttl = self.ttl.clamp(r.ttl);
@@ -289,6 +290,11 @@ impl Engine {
             return out.truncate().to_vec().ok();
         }
         Some(bytes)
+    }
+
+    fn address_allowed(&self, ip: Ipv4Addr) -> bool {
+        let sh = self.lock();
+        super::answer_address_allowed(ip, sh.policy.allow_private, &sh.policy.never)
     }
 
     /// Whether a connection from `src` to `addr` claiming `name` may pass the proxy: the name is
@@ -877,6 +883,8 @@ mod tests {
                 refusal: DnsRefusal::Nxdomain,
                 clients: vec![client],
                 inspect_names: true,
+                allow_private: false,
+                never: Vec::new(),
             },
             Vec::new(),
             TtlLimits::default(),
