@@ -774,6 +774,8 @@ mod tests {
         let mut plain = vm();
         plain.vm_id = v.vm_id.clone();
         insta::assert_json_snapshot!(vm_policy_batch("flick", &[plain], true));
+        v.policy.inspect_names = true;
+        insta::assert_json_snapshot!(add_vm_batch("flick", &v));
     }
 
     #[test]

@@ -36,6 +36,11 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// The EDNS payload size the resolver advertises.
 const EDNS_PAYLOAD: u16 = 1232;
+/// Queries answered at once; more are dropped (the guest retries), so a flooding guest cannot
+/// make the helper grow without bound.
+const MAX_INFLIGHT: usize = 256;
+/// Open TCP client connections (DNS) and proxied connections, each.
+const MAX_CONNECTIONS: usize = 128;
 
 #[derive(Debug)]
 struct Entry {
@@ -540,12 +545,20 @@ async fn proxy_one(engine: Arc<Engine>, mut conn: tokio::net::TcpStream, peer: S
 }
 
 async fn proxy_loop(engine: Arc<Engine>, listener: tokio::net::TcpListener) {
+    let conns = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((conn, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        tokio::spawn(proxy_one(engine.clone(), conn, peer));
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            continue;
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            proxy_one(engine, conn, peer).await;
+        });
     }
 }
 
@@ -595,14 +608,19 @@ pub async fn serve(
     tcp: tokio::net::TcpListener,
 ) {
     let e2 = engine.clone();
+    let conns = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let Ok((mut conn, peer)) = tcp.accept().await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
+            let Ok(permit) = conns.clone().try_acquire_owned() else {
+                continue;
+            };
             let engine = e2.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let src = src_v4(peer);
                 loop {
                     let Ok(Ok(n)) = tokio::time::timeout(TCP_IDLE, conn.read_u16()).await else {
@@ -628,14 +646,19 @@ pub async fn serve(
         }
     });
     let mut buf = vec![0u8; 65_535];
+    let inflight = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT));
     loop {
         let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(permit) = inflight.clone().try_acquire_owned() else {
             continue;
         };
         let q = buf[..n].to_vec();
         let engine = engine.clone();
         let udp = udp.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Some(a) = engine.answer(&q, src_v4(peer), false).await {
                 let _ = udp.send_to(&a, peer).await;
             }
