@@ -778,3 +778,54 @@ fn names_pointing_inside_hand_out_nothing() {
         net.teardown().await.unwrap();
     });
 }
+
+#[test]
+fn cnames_and_large_answers() {
+    let mut records: Vec<(String, Ipv4Addr)> = (100..140)
+        .map(|n| ("many.example.com".to_owned(), Ipv4Addr::new(203, 0, 113, n)))
+        .collect();
+    records.push(("files.pypi.test".into(), FILES));
+    let refs: Vec<(&str, Ipv4Addr)> = records.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let t = Topology::build(&[]);
+    t.internet.ip(&format!("addr add {FILES}/32 dev eth0"));
+    let _dns = Dnsmasq::start_with(
+        &t.internet,
+        INTERNET,
+        &refs,
+        60,
+        &["--cname=alias.example.com,files.pypi.test".to_owned()],
+    );
+    let (g, dev) = t.guest();
+    t.host.block_on(|| async {
+        let mut net = HostNetwork::setup(Netlink::connect().unwrap(), config(Mode::Bridge))
+            .await
+            .unwrap();
+        let p = policy(r#"{"allow_domains":["alias.example.com","many.example.com"]}"#);
+        let i = net.add_vm(vm("vm-l", &dev, Some(p))).await.unwrap();
+        configure_guest(&g, &i.lease);
+        // An allowed alias opens its target's address, though the target name is not listed.
+        let a = resolve(&g, &i, "alias.example.com").expect("answer");
+        assert_eq!((a.cnames, a.addrs.clone()), (1, vec![FILES]));
+        assert!(g.run(|| tcp_probe(FILES, 80)).is_some());
+        assert_eq!(
+            resolve(&g, &i, "files.pypi.test").expect("answer").code,
+            ResponseCode::Refused,
+            "the target itself is not allowed"
+        );
+        // 40 records do not fit a plain 512-byte UDP answer: truncated, complete over TCP,
+        // and every address is in the set.
+        let udp = resolve(&g, &i, "many.example.com").expect("answer");
+        assert!(udp.truncated, "{udp:?}");
+        let gw = i.lease.gateway;
+        let tcp = g
+            .run(|| query(gw, "many.example.com", RecordType::A, true))
+            .expect("TCP answer");
+        assert!(!tcp.truncated);
+        assert_eq!(tcp.addrs.len(), 40);
+        let listing = set_listing(&t.host, "vm-l");
+        for n in 100..140 {
+            assert!(listing.contains(&format!("203.0.113.{n}")), "{n}");
+        }
+        net.teardown().await.unwrap();
+    });
+}

@@ -21,6 +21,17 @@ impl Dnsmasq {
     /// Starts dnsmasq in `ns` on `listen:53` with `records` (name, address) and `ttl`, and waits
     /// until it answers.
     pub fn start(ns: &Netns, listen: Ipv4Addr, records: &[(&str, Ipv4Addr)], ttl: u32) -> Self {
+        Self::start_with(ns, listen, records, ttl, &[])
+    }
+
+    /// Like [`Dnsmasq::start`], with extra dnsmasq arguments (`--cname=…`).
+    pub fn start_with(
+        ns: &Netns,
+        listen: Ipv4Addr,
+        records: &[(&str, Ipv4Addr)],
+        ttl: u32,
+        extra: &[String],
+    ) -> Self {
         assert!(
             Command::new("dnsmasq")
                 .arg("--version")
@@ -50,6 +61,7 @@ impl Dnsmasq {
         for (name, ip) in records {
             args.push(format!("--host-record={name},{ip}"));
         }
+        args.extend(extra.iter().cloned());
         let child = Command::new("ip")
             .args(&args)
             .stdin(Stdio::null())
@@ -88,6 +100,8 @@ pub struct Answer {
     pub addrs: Vec<Ipv4Addr>,
     pub ttls: Vec<u32>,
     pub answers: usize,
+    pub truncated: bool,
+    pub cnames: usize,
 }
 
 fn build(name: &str, qtype: RecordType) -> (u16, Vec<u8>) {
@@ -104,10 +118,15 @@ fn parse(id: u16, bytes: &[u8]) -> Option<Answer> {
     }
     let mut addrs = Vec::new();
     let mut ttls = Vec::new();
+    let mut cnames = 0;
     for r in &m.answers {
-        if let RData::A(a) = &r.data {
-            addrs.push(a.0);
-            ttls.push(r.ttl);
+        match &r.data {
+            RData::A(a) => {
+                addrs.push(a.0);
+                ttls.push(r.ttl);
+            }
+            RData::CNAME(_) => cnames += 1,
+            _ => {}
         }
     }
     Some(Answer {
@@ -115,6 +134,8 @@ fn parse(id: u16, bytes: &[u8]) -> Option<Answer> {
         addrs,
         ttls,
         answers: m.answers.len(),
+        truncated: m.metadata.truncation,
+        cnames,
     })
 }
 
