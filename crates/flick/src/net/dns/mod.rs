@@ -30,7 +30,7 @@
 //!    helper (SIGTERM, then SIGKILL). [`ResolverState`] (pid + start time) is kept in
 //!    [`super::NetworkState`], so a later process stops the right one.
 
-pub mod nfset;
+pub(crate) mod nfset;
 pub mod server;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,4 +1,4 @@
-//! The resolver itself: the [`Engine`] that answers one query, and the `flick-dns` helper's
+//! The resolver itself: the engine that answers one query, and the `flick-dns` helper's
 //! main loop around it (UDP and TCP listeners, the control socket, expiry bookkeeping).
 //!
 //! Answer path for an allowed `A` query: forward the client's bytes (with a fresh random ID,
@@ -57,7 +57,7 @@ struct Shared {
 
 /// Answers queries for one VM and keeps its nftables set in step.
 #[derive(Debug)]
-pub struct Engine {
+pub(crate) struct Engine {
     shared: Mutex<Shared>,
     upstreams: Vec<SocketAddrV4>,
     ttl: TtlLimits,
@@ -81,7 +81,7 @@ fn random_u16() -> u16 {
 impl Engine {
     /// An engine that fills `set` (`None`: answer only, touch no set).
     #[must_use]
-    pub fn new(
+    pub(crate) fn new(
         policy: ResolverPolicy,
         upstreams: Vec<SocketAddrV4>,
         ttl: TtlLimits,
@@ -105,7 +105,7 @@ impl Engine {
     }
 
     /// Replaces the policy and removes set entries that no allowed name accounts for.
-    pub fn update(&self, policy: ResolverPolicy) -> std::io::Result<()> {
+    pub(crate) fn update(&self, policy: ResolverPolicy) -> std::io::Result<()> {
         let mut sh = self.lock();
         sh.policy = policy;
         let Shared {
@@ -134,7 +134,7 @@ impl Engine {
     }
 
     /// Re-adds every live entry with its remaining lifetime.
-    pub fn resync(&self) -> std::io::Result<()> {
+    pub(crate) fn resync(&self) -> std::io::Result<()> {
         let mut sh = self.lock();
         let now = Instant::now();
         sh.entries.retain(|_, e| e.expires > now);
@@ -152,28 +152,13 @@ impl Engine {
     }
 
     /// Forgets entries whose set element has expired (the kernel removed them already).
-    pub fn expire(&self) {
+    pub(crate) fn expire(&self) {
         let now = Instant::now();
         self.lock().entries.retain(|_, e| e.expires > now);
     }
 
-    /// The addresses currently handed out, for inspection.
-    #[must_use]
-    pub fn live_addresses(&self) -> Vec<Ipv4Addr> {
-        let now = Instant::now();
-        let mut v: Vec<_> = self
-            .lock()
-            .entries
-            .iter()
-            .filter(|(_, e)| e.expires > now)
-            .map(|(a, _)| *a)
-            .collect();
-        v.sort();
-        v
-    }
-
     /// Answers one query from `src`; `None` means "send nothing" (not a query at all).
-    pub async fn answer(&self, query: &[u8], src: Ipv4Addr, tcp: bool) -> Option<Vec<u8>> {
+    pub(crate) async fn answer(&self, query: &[u8], src: Ipv4Addr, tcp: bool) -> Option<Vec<u8>> {
         let Ok(req) = Message::from_vec(query) else {
             // Unparseable: FORMERR with the client's ID if there is a header at all.
             if query.len() >= 12 && query[2] & 0x80 == 0 {
@@ -305,7 +290,7 @@ impl Engine {
     /// Whether a connection from `src` to `addr` claiming `name` may pass the proxy: the name is
     /// allowed and the resolver handed `addr` out for it (and the entry is live).
     #[must_use]
-    pub fn name_resolved_to(&self, src: Ipv4Addr, addr: Ipv4Addr, name: &str) -> bool {
+    pub(crate) fn name_resolved_to(&self, src: Ipv4Addr, addr: Ipv4Addr, name: &str) -> bool {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let sh = self.lock();
         sh.policy.inspect_names
@@ -602,7 +587,7 @@ fn src_v4(a: SocketAddr) -> Ipv4Addr {
 }
 
 /// Serves UDP and TCP queries on the given sockets until the process ends.
-pub async fn serve(
+pub(crate) async fn serve(
     engine: Arc<Engine>,
     udp: Arc<tokio::net::UdpSocket>,
     tcp: tokio::net::TcpListener,
@@ -667,7 +652,7 @@ pub async fn serve(
 }
 
 /// Binds UDP and TCP on the same port of `addr` (`port` 0: a free one).
-pub async fn bind(
+pub(crate) async fn bind(
     addr: Ipv4Addr,
     port: u16,
 ) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
@@ -891,6 +876,27 @@ mod tests {
             assert_eq!(http_host(bad), Claim::Unusable, "{bad:?}");
         }
         assert_eq!(http_host(&vec![b'a'; MAX_HEAD]), Claim::Unusable);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn head_parsers_take_any_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = tls_sni(&bytes);
+            let _ = http_host(&bytes);
+            let mut tls = vec![0x16, 0x03, 0x01];
+            tls.extend_from_slice(&bytes);
+            let _ = tls_sni(&tls);
+        }
+
+        #[test]
+        fn a_valid_hello_survives_any_cut(cut in 0usize..200) {
+            let hello = client_hello(Some("x.example"));
+            let c = tls_sni(&hello[..cut.min(hello.len())]);
+            proptest::prop_assert!(
+                c == Claim::More || c == Claim::Name("x.example".into()),
+                "{c:?}"
+            );
+        }
     }
 
     #[test]
