@@ -761,8 +761,18 @@ impl<K: NetKernel> HostNetwork<K> {
         let clients: Vec<Ipv4Addr> = vm.interfaces.iter().map(|i| i.lease.guest_ip).collect();
         let old_compiled = vm.policy.compile()?;
         let mut started = None;
+        let alive = vm
+            .resolver
+            .as_ref()
+            .is_some_and(|r| self.kernel.resolver_running(r));
         let resolver = match (&vm.resolver, compiled.has_domains()) {
-            (None, true) => {
+            (Some(r), true) if alive => {
+                let cmd = Control::Update(self.resolver_policy(&compiled, clients.clone()));
+                self.kernel.control_resolver(r, &cmd)?;
+                Some(r.clone())
+            }
+            // No resolver yet, or its helper died: start one.
+            (_, true) => {
                 let Some(first) = vm.interfaces.first() else {
                     return Err(Error::new(
                         ErrorCode::InvalidState,
@@ -773,11 +783,6 @@ impl<K: NetKernel> HostNetwork<K> {
                     self.start_resolver(vm_id, first.lease.gateway, clients.clone(), &compiled)?;
                 started = Some(r.clone());
                 Some(r)
-            }
-            (Some(r), true) => {
-                let cmd = Control::Update(self.resolver_policy(&compiled, clients.clone()));
-                self.kernel.control_resolver(r, &cmd)?;
-                Some(r.clone())
             }
             (_, false) => None,
         };
@@ -1506,6 +1511,40 @@ mod tests {
             assert_ne!(new.port, old.port);
             let batch = last_nft(net.kernel_mut());
             assert!(batch.contains(&format!("\"port\":{}", new.port)), "{batch}");
+        });
+    }
+
+    #[test]
+    fn a_policy_change_replaces_a_dead_resolver() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, domain_config()).await.unwrap();
+            net.add_vm(VmRequest {
+                vm_id: "a".into(),
+                policy: Some(domains(r#"{"allow_domains":["a.example"]}"#)),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+            let old = net.state().vms["a"].resolver.clone().unwrap();
+            net.kernel_mut().dead_resolvers.push(old.set.clone());
+            net.set_vm_policy("a", domains(r#"{"allow_domains":["b.example"]}"#))
+                .await
+                .unwrap();
+            let new = net.state().vms["a"].resolver.clone().unwrap();
+            assert_ne!(new.port, old.port, "a new helper");
+            let calls = &net.kernel_mut().calls;
+            assert_eq!(
+                calls
+                    .iter()
+                    .filter(|c| matches!(c, Call::StartResolver(_)))
+                    .count(),
+                2
+            );
+            assert!(
+                !calls.iter().any(|c| matches!(c, Call::ControlResolver(..))),
+                "the dead one is not asked"
+            );
         });
     }
 }
