@@ -447,6 +447,13 @@ fn cleanup_and_restore_stop_the_resolver_and_leave_nothing() {
     let state: NetworkState = serde_json::from_str(&state).unwrap();
     let r = resolver_of(&state, "vm-r");
     assert!(is_running(&r), "the resolver outlives its manager");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", r.pid)).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    assert_eq!(
+        fields[3],
+        r.pid.to_string(),
+        "the helper leads its own session (no signal from the caller's terminal reaches it)"
+    );
     let i = state.vms["vm-r"].interfaces[0].clone();
     assert_eq!(
         resolve(&g, &i, "api.example.com").expect("answer").addrs,
