@@ -185,10 +185,12 @@ fn run(ns: &str) {
                 })
                 .collect(),
             default_action: Some(flick::net::Action::Deny),
+            ..EgressPolicy::default()
         };
         let small = EgressPolicy {
             rules: policy.rules[..1].to_vec(),
             default_action: None,
+            ..EgressPolicy::default()
         };
         // An observer lists the chain continuously: it must only ever see the old or the new
         // rule count, never a partly applied policy.

@@ -4,6 +4,13 @@
 //! into a [`CompiledPolicy`] ([`EgressPolicy::compile`]), which reports every problem at once
 //! with [`ErrorCode::InvalidFirewallConfig`]. Only compiled policies reach
 //! [`super::nft`], which turns them into nftables rules: first match wins, then the default.
+//!
+//! A per-VM policy may also name hosts instead of addresses (`allow_domains`: exact names and
+//! `*.example.com` wildcards). Such a policy is enforced by flick's resolver ([`super::dns`]):
+//! the VM may only use that resolver, and new TCP connections go only to addresses it handed
+//! out for allowed names (plus what the CIDR rules allow; the rules are evaluated first, so a
+//! deny CIDR beats an allowed domain). Without an explicit default, a domain policy drops
+//! everything else.
 
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -70,6 +77,23 @@ pub struct EgressRule {
     pub comment: Option<String>,
 }
 
+/// What flick's resolver answers for a name that is not on the allowlist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsRefusal {
+    /// `REFUSED` (the default): the client knows it was a policy decision.
+    #[default]
+    Refused,
+    /// `NXDOMAIN`: the name looks as if it did not exist.
+    Nxdomain,
+}
+
+impl DnsRefusal {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// An ordered egress policy: the first matching rule decides, otherwise the default action.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,9 +102,117 @@ pub struct EgressPolicy {
     #[serde(default)]
     pub rules: Vec<EgressRule>,
     /// What happens when no rule matches. For the host-wide policy `None` means `allow`; for a
-    /// per-VM policy `None` means "fall through to the host-wide policy".
+    /// per-VM policy `None` means "fall through to the host-wide policy" — except with
+    /// `allow_domains`, where `None` means `deny`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_action: Option<Action>,
+    /// Hosts the VM may connect to (TCP), by name: `api.example.com` (exactly that name) or
+    /// `*.example.com` (every name below it, not `example.com` itself). Per-VM policies only.
+    /// Non-empty turns on flick's resolver for the VM (see [`super::dns`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_domains: Vec<String>,
+    /// What the resolver answers for other names.
+    #[serde(default, skip_serializing_if = "DnsRefusal::is_default")]
+    pub dns_refusal: DnsRefusal,
+    /// Check the name a connection claims (TLS SNI on port 443, HTTP `Host` on port 80) against
+    /// the names its address was resolved for, through flick's proxy. Needs `allow_domains`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inspect_names: bool,
+    /// Let allowed names resolve to private addresses (RFC 1918, 100.64.0.0/10). Off by
+    /// default: an allowed name whose DNS points inside (rebinding) does not open internal
+    /// networks. Loopback, link-local, multicast, reserved addresses and the VM pool are never
+    /// handed out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private_addresses: bool,
+}
+
+impl EgressPolicy {
+    /// Whether this policy needs flick's resolver.
+    #[must_use]
+    pub fn has_domains(&self) -> bool {
+        !self.allow_domains.is_empty()
+    }
+}
+
+/// The most names one policy may allow.
+pub const MAX_DOMAINS: usize = 1_000;
+
+/// One validated entry of `allow_domains`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DomainPattern {
+    /// The name in lower case without a trailing dot (for a wildcard: the part after `*.`).
+    pub name: String,
+    /// `*.name`: matches names below `name` only.
+    pub wildcard: bool,
+}
+
+impl DomainPattern {
+    /// Parses `name`, `name.` or `*.name` (ASCII; internationalized names in their `xn--` form).
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let t = text.trim();
+        let (wildcard, rest) = match t.strip_prefix("*.") {
+            Some(r) => (true, r),
+            None => (false, t),
+        };
+        let name = rest.strip_suffix('.').unwrap_or(rest).to_ascii_lowercase();
+        let bad = |why: &str| Err(format!("domain {text:?} {why}"));
+        if name.is_empty() {
+            return bad("is empty");
+        }
+        if !name.is_ascii() {
+            return bad("is not ASCII (write internationalized names in their xn-- form)");
+        }
+        if name.contains('*') {
+            return bad("may only use '*' as its whole first label (\"*.example.com\")");
+        }
+        if name.len() > 253 {
+            return bad("is longer than 253 bytes");
+        }
+        for label in name.split('.') {
+            if label.is_empty() {
+                return bad("has an empty label");
+            }
+            if label.len() > 63 {
+                return bad("has a label longer than 63 bytes");
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad("may contain only letters, digits, '-' and '_'");
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return bad("has a label that starts or ends with '-'");
+            }
+        }
+        if name.parse::<Ipv4Addr>().is_ok() {
+            return bad("is an address; use a rule with `to` for addresses");
+        }
+        Ok(Self { name, wildcard })
+    }
+
+    /// Whether a query name (any case, with or without the trailing dot) is covered.
+    #[must_use]
+    pub fn matches(&self, qname: &str) -> bool {
+        let q = qname.strip_suffix('.').unwrap_or(qname);
+        if self.wildcard {
+            q.len() > self.name.len() + 1
+                && q.as_bytes()[q.len() - self.name.len() - 1] == b'.'
+                && q[q.len() - self.name.len()..].eq_ignore_ascii_case(&self.name)
+        } else {
+            q.eq_ignore_ascii_case(&self.name)
+        }
+    }
+}
+
+impl std::fmt::Display for DomainPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.wildcard {
+            write!(f, "*.{}", self.name)
+        } else {
+            f.write_str(&self.name)
+        }
+    }
 }
 
 /// The most rules one policy may hold.
@@ -108,8 +240,31 @@ pub struct CompiledRule {
 pub struct CompiledPolicy {
     /// Rules in order.
     pub rules: Vec<CompiledRule>,
-    /// The default action, if the policy sets one.
+    /// The default action, if the policy sets one (always `Some(Deny)` with domains, unless
+    /// the policy said otherwise, which is rejected).
     pub default_action: Option<Action>,
+    /// Sorted, deduplicated allowed names; empty without a domain policy.
+    pub domains: Vec<DomainPattern>,
+    /// The resolver's answer for other names.
+    pub dns_refusal: DnsRefusal,
+    /// Whether TLS SNI / HTTP `Host` are checked on ports 443/80.
+    pub inspect_names: bool,
+    /// Whether answers may carry private addresses.
+    pub allow_private_addresses: bool,
+}
+
+impl CompiledPolicy {
+    /// Whether this policy needs flick's resolver.
+    #[must_use]
+    pub fn has_domains(&self) -> bool {
+        !self.domains.is_empty()
+    }
+
+    /// Whether a query name is allowed.
+    #[must_use]
+    pub fn allows_name(&self, qname: &str) -> bool {
+        self.domains.iter().any(|d| d.matches(qname))
+    }
 }
 
 impl EgressPolicy {
@@ -143,10 +298,54 @@ impl EgressPolicy {
                 ),
             }
         }
+        if self.allow_domains.len() > MAX_DOMAINS {
+            problems.push(json!({
+                "rule": Value::Null,
+                "field": "allow_domains",
+                "message": format!(
+                    "{} domains exceed the limit of {MAX_DOMAINS}",
+                    self.allow_domains.len()
+                ),
+            }));
+        }
+        let mut domains = Vec::with_capacity(self.allow_domains.len());
+        for (i, d) in self.allow_domains.iter().enumerate() {
+            match DomainPattern::parse(d) {
+                Ok(p) => domains.push(p),
+                Err(m) => problems.push(json!({
+                    "rule": Value::Null, "field": "allow_domains", "domain": i, "message": m,
+                })),
+            }
+        }
+        domains.sort();
+        domains.dedup();
+        let mut default_action = self.default_action;
+        if !domains.is_empty() || !self.allow_domains.is_empty() {
+            if default_action == Some(Action::Allow) {
+                problems.push(json!({
+                    "rule": Value::Null,
+                    "field": "default_action",
+                    "message": "allow_domains with default_action allow would allow every host; \
+                                leave the default out (it becomes deny)",
+                }));
+            }
+            default_action = Some(Action::Deny);
+        }
+        if self.inspect_names && self.allow_domains.is_empty() {
+            problems.push(json!({
+                "rule": Value::Null,
+                "field": "inspect_names",
+                "message": "inspect_names needs allow_domains",
+            }));
+        }
         if problems.is_empty() {
             Ok(CompiledPolicy {
                 rules,
-                default_action: self.default_action,
+                default_action,
+                domains,
+                dns_refusal: self.dns_refusal,
+                inspect_names: self.inspect_names,
+                allow_private_addresses: self.allow_private_addresses,
             })
         } else {
             let first = problems[0]["message"].as_str().unwrap_or("").to_owned();
@@ -302,7 +501,7 @@ mod tests {
         for b in bad {
             let p = EgressPolicy {
                 rules: vec![rule(b.clone())],
-                default_action: None,
+                ..EgressPolicy::default()
             };
             let e = p.compile().unwrap_err();
             assert_eq!(e.code(), ErrorCode::InvalidFirewallConfig, "{b}");
@@ -352,7 +551,7 @@ mod tests {
                     && !v.is_empty()
                     && v.iter().all(|p| (1..=65_535).contains(p)),
             };
-            let got = EgressPolicy { rules: vec![rule], default_action: None }.compile();
+            let got = EgressPolicy { rules: vec![rule], ..EgressPolicy::default() }.compile();
             match got {
                 Ok(c) => {
                     proptest::prop_assert!(expect_ok);
@@ -394,12 +593,104 @@ mod tests {
                 rule(json!({"action":"allow","protocol":"icmp","ports":70000})),
                 rule(json!({"action":"deny","to":"nope"})),
             ],
-            default_action: None,
+            ..EgressPolicy::default()
         };
         let e = p.compile().unwrap_err();
         let problems = e.details().unwrap()["problems"].as_array().unwrap().clone();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert_eq!(problems[0]["rule"], 1);
         assert_eq!(problems[2]["rule"], 2);
+    }
+
+    #[test]
+    fn domain_patterns_parse_and_match() {
+        let exact = DomainPattern::parse("API.Example.com.").unwrap();
+        assert_eq!(exact.to_string(), "api.example.com");
+        assert!(exact.matches("api.example.com"));
+        assert!(exact.matches("API.EXAMPLE.COM."));
+        assert!(!exact.matches("x.api.example.com"));
+        assert!(!exact.matches("example.com"));
+        let wild = DomainPattern::parse("*.pypi.org").unwrap();
+        assert_eq!(wild.to_string(), "*.pypi.org");
+        assert!(wild.matches("files.pypi.org"));
+        assert!(wild.matches("a.b.pypi.org."));
+        assert!(
+            !wild.matches("pypi.org"),
+            "a wildcard matches subdomains only"
+        );
+        assert!(!wild.matches("evilpypi.org"), "label boundary");
+        assert!(!wild.matches("pypi.org.evil.com"));
+        for bad in [
+            "",
+            "*",
+            "*.",
+            ".",
+            "a..b",
+            "*.*.example.com",
+            "a.*.example.com",
+            "ex*ample.com",
+            "-a.example.com",
+            "a-.example.com",
+            "bücher.de",
+            "a b.com",
+            "10.0.0.1",
+            "a/b.com",
+            &"a".repeat(64),
+            &format!("{}.com", "a.".repeat(130)),
+        ] {
+            assert!(
+                DomainPattern::parse(bad).is_err(),
+                "{bad:?} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn domain_policies_compile() {
+        let p = EgressPolicy::from_json(
+            r#"{"allow_domains":["b.example.com","*.pypi.org","B.example.com."],
+                "rules":[{"action":"deny","to":"10.0.0.0/8"}],"dns_refusal":"nxdomain"}"#,
+        )
+        .unwrap();
+        let c = p.compile().unwrap();
+        assert_eq!(c.domains.len(), 2, "deduplicated");
+        assert_eq!(
+            c.default_action,
+            Some(Action::Deny),
+            "domains default to deny"
+        );
+        assert_eq!(c.dns_refusal, DnsRefusal::Nxdomain);
+        assert!(c.allows_name("x.pypi.org") && !c.allows_name("pypi.org"));
+        let back: EgressPolicy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        // no domains: the JSON shape of existing policies is unchanged
+        assert_eq!(
+            serde_json::to_string(&EgressPolicy::default()).unwrap(),
+            r#"{"rules":[]}"#
+        );
+        let e = EgressPolicy::from_json(
+            r#"{"allow_domains":["ok.com","bad..com","*.x.*"],"default_action":"allow"}"#,
+        )
+        .unwrap()
+        .compile()
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidFirewallConfig);
+        let problems = e.details().unwrap()["problems"].as_array().unwrap().clone();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems[0]["domain"], 1);
+        assert!(
+            EgressPolicy::from_json(r#"{"dns_refusal":"servfail"}"#).is_err(),
+            "unknown refusal"
+        );
+        let e = EgressPolicy::from_json(r#"{"inspect_names":true}"#)
+            .unwrap()
+            .compile()
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidFirewallConfig);
+        let ok = EgressPolicy::from_json(r#"{"inspect_names":true,"allow_domains":["a.b"]}"#)
+            .unwrap()
+            .compile()
+            .unwrap();
+        assert!(ok.inspect_names);
     }
 }

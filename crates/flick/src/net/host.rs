@@ -14,13 +14,20 @@
 //!
 //! [`NetworkState`] is serializable so a short-lived CLI can persist it and a later process can
 //! [`HostNetwork::restore`] it.
+//!
+//! A VM whose policy has `allow_domains` also gets its own resolver process (see
+//! [`super::dns`]): `add_vm`/`set_vm_policy` start or update it, `remove_vm` stops it, and its
+//! pid is part of the state. Its guest-facing address is [`VmInterface::dns_server`].
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
 
+use super::dns::{self, Control, ResolverPolicy, ResolverSpec, ResolverState, TtlLimits};
 use super::firewall::{CompiledPolicy, EgressPolicy};
 use super::kernel::NetKernel;
-use super::nft::{self, TableSpec, VmRules};
+use super::nft::{self, TableSpec, VmDns, VmRules};
 use super::plan::{self, AllocationState, IpAllocator, Lease, PointToPointAllocator, Subnet};
 use super::wireguard::WireguardState;
 use crate::error::{Error, ErrorCode, Result};
@@ -56,6 +63,16 @@ pub struct NetworkConfig {
     pub tap_group: Option<u32>,
     /// The uplink to masquerade out of; discovered from the default route when `None`.
     pub uplink: Option<String>,
+    /// Upstream resolvers for VMs with a domain policy (`a.b.c.d` or `a.b.c.d:port`); empty
+    /// means the IPv4 `nameserver`s of the host's `/etc/resolv.conf`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_upstreams: Vec<String>,
+    /// TTL bounds for domain policies.
+    pub dns_ttl: TtlLimits,
+    /// The `flick-dns` helper binary; default: `$FLICK_DNS_HELPER`, next to the running
+    /// executable, then `PATH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_helper: Option<PathBuf>,
 }
 
 impl Default for NetworkConfig {
@@ -69,6 +86,9 @@ impl Default for NetworkConfig {
             tap_owner: None,
             tap_group: None,
             uplink: None,
+            dns_upstreams: Vec::new(),
+            dns_ttl: TtlLimits::default(),
+            dns_helper: None,
         }
     }
 }
@@ -111,6 +131,16 @@ impl NetworkConfig {
         }
         validate_table_name(&self.table)?;
         let host_policy = self.host_policy.compile()?;
+        if host_policy.has_domains() {
+            return Err(Error::new(
+                ErrorCode::InvalidFirewallConfig,
+                "allow_domains is a per-VM policy; the host-wide policy cannot name domains",
+            ));
+        }
+        for u in &self.dns_upstreams {
+            dns::parse_upstream(u)?;
+        }
+        self.dns_ttl.validate()?;
         Ok(Validated {
             subnet,
             host_policy,
@@ -127,13 +157,22 @@ pub struct VmInterface {
     pub host_device: String,
     /// Whether flick created the device (and deletes it on removal).
     pub created: bool,
+    /// The DNS server the guest must use: set when its policy names domains (flick's resolver
+    /// answers there; other DNS servers are unreachable). It is the guest's gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_server: Option<Ipv4Addr>,
 }
 
 impl VmInterface {
-    /// The kernel boot argument for the guest.
+    /// The kernel boot argument for the guest (with the DNS server as `dns0` when there is
+    /// one; the guest kernel then lists it in `/proc/net/pnp`, which can serve as
+    /// `/etc/resolv.conf`).
     #[must_use]
     pub fn boot_arg(&self) -> String {
-        self.lease.boot_arg()
+        match self.dns_server {
+            Some(d) => format!("{}:{d}", self.lease.boot_arg()),
+            None => self.lease.boot_arg(),
+        }
     }
 }
 
@@ -144,6 +183,9 @@ pub struct VmNetwork {
     pub interfaces: Vec<VmInterface>,
     /// Its own egress policy.
     pub policy: EgressPolicy,
+    /// Its resolver, when the policy names domains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<ResolverState>,
 }
 
 /// A request to plug one VM interface in.
@@ -183,6 +225,14 @@ pub struct NetworkState {
     /// WireGuard egress, when configured.
     #[serde(default)]
     pub wireguard: Option<WireguardState>,
+}
+
+fn vm_dns(r: &ResolverState) -> VmDns {
+    VmDns {
+        addr: r.addr,
+        port: r.port,
+        proxy_port: r.proxy_port,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -366,6 +416,7 @@ impl<K: NetKernel> HostNetwork<K> {
                     guest_ip: i.lease.guest_ip,
                     device: self.pinned_device(&i.host_device),
                     policy: policy.clone(),
+                    dns: vm.resolver.as_ref().map(vm_dns),
                 });
             }
         }
@@ -379,7 +430,84 @@ impl<K: NetKernel> HostNetwork<K> {
 
     pub(crate) async fn apply_full(&mut self) -> Result<()> {
         let batch = nft::full_batch(&self.table_spec(), &self.vm_rules()?);
-        self.kernel.apply_nft(&batch).await
+        self.kernel.apply_nft(&batch).await?;
+        // Replacing the table emptied the resolvers' address sets: refill them.
+        let resolvers: Vec<ResolverState> = self
+            .state
+            .vms
+            .values()
+            .filter_map(|v| v.resolver.clone())
+            .collect();
+        for r in resolvers {
+            if let Err(e) = self.kernel.control_resolver(&r, &Control::Resync) {
+                tracing::warn!(error = %e.chain(), set = %r.set, "refilling a domain set failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn upstreams(&self) -> Result<Vec<SocketAddrV4>> {
+        let ups = if self.state.config.dns_upstreams.is_empty() {
+            dns::system_upstreams()?
+        } else {
+            self.state
+                .config
+                .dns_upstreams
+                .iter()
+                .map(|u| dns::parse_upstream(u))
+                .collect::<Result<_>>()?
+        };
+        if ups.is_empty() {
+            return Err(Error::new(
+                ErrorCode::NetworkSetupFailed,
+                "a domain policy needs an upstream resolver: set dns_upstreams or add an IPv4 \
+                 nameserver to /etc/resolv.conf",
+            ));
+        }
+        Ok(ups)
+    }
+
+    fn check_inspection(&self, policy: &CompiledPolicy) -> Result<()> {
+        if policy.inspect_names && self.state.wireguard.is_some() {
+            return Err(Error::new(
+                ErrorCode::InvalidFirewallConfig,
+                "inspect_names cannot be used with WireGuard egress: the checking proxy \
+                 connects from the host and would bypass the tunnel",
+            ));
+        }
+        Ok(())
+    }
+
+    fn resolver_policy(&self, policy: &CompiledPolicy, clients: Vec<Ipv4Addr>) -> ResolverPolicy {
+        ResolverPolicy {
+            domains: policy.domains.clone(),
+            refusal: policy.dns_refusal,
+            clients,
+            inspect_names: policy.inspect_names,
+            allow_private: policy.allow_private_addresses,
+            never: vec![self.subnet.net()],
+        }
+    }
+
+    fn start_resolver(
+        &mut self,
+        vm_id: &str,
+        listen: Ipv4Addr,
+        clients: Vec<Ipv4Addr>,
+        policy: &CompiledPolicy,
+    ) -> Result<ResolverState> {
+        let spec = ResolverSpec {
+            listen,
+            port: 0,
+            table: self.state.config.table.clone(),
+            set: nft::domain_set(vm_id),
+            control: dns::control_name(&self.state.config.table, vm_id),
+            upstreams: self.upstreams()?,
+            policy: self.resolver_policy(policy, clients),
+            ttl: self.state.config.dns_ttl,
+        };
+        let helper = dns::helper_path(self.state.config.dns_helper.as_deref());
+        self.kernel.start_resolver(&spec, &helper)
     }
 
     pub(crate) fn kernel_and_state(&mut self) -> (&mut K, &mut NetworkState) {
@@ -398,7 +526,8 @@ impl<K: NetKernel> HostNetwork<K> {
         Ok(())
     }
 
-    /// Plugs a VM interface in: lease, TAP, attach (or point-to-point address), egress chain.
+    /// Plugs a VM interface in: lease, TAP, attach (or point-to-point address), egress chain,
+    /// and (for a policy with domains) the VM's resolver.
     pub async fn add_vm(&mut self, req: VmRequest) -> Result<VmInterface> {
         let iface_id = if req.iface_id.is_empty() {
             "eth0".to_owned()
@@ -435,17 +564,41 @@ impl<K: NetKernel> HostNetwork<K> {
                 format!("host device {d} is already used by VM {owner}"),
             ));
         }
+        self.check_inspection(&compiled)?;
+        if compiled.has_domains() {
+            // Fail before touching anything when no resolver could work.
+            self.upstreams()?;
+        }
         let alloc_before = self.alloc.clone();
         let lease = self.alloc.allocate(&req.vm_id, &iface_id)?;
         let (device, created) = match &req.host_device {
             Some(d) => (d.clone(), false),
             None => (lease.tap.clone(), true),
         };
+        let existing = self
+            .state
+            .vms
+            .get(&req.vm_id)
+            .and_then(|v| v.resolver.clone());
+        let mut resolver = existing.clone();
         let mut index = None;
         let result = self
-            .plug(&lease, &device, created, &compiled, &req.vm_id, &mut index)
+            .plug(
+                &lease,
+                &device,
+                created,
+                &compiled,
+                &req.vm_id,
+                &mut index,
+                &mut resolver,
+            )
             .await;
         if let Err(e) = result {
+            if existing.is_none()
+                && let Some(r) = &resolver
+            {
+                let _ = self.kernel.stop_resolver(r);
+            }
             // Without an index nothing was created or attached: never look the name up, it may
             // belong to someone else's device (the reason creation failed).
             if index.is_some() {
@@ -455,23 +608,27 @@ impl<K: NetKernel> HostNetwork<K> {
             return Err(e);
         }
         let iface = VmInterface {
+            dns_server: compiled.has_domains().then_some(lease.gateway),
             lease,
             host_device: device,
             created,
         };
-        self.state
+        let vm = self
+            .state
             .vms
             .entry(req.vm_id.clone())
             .or_insert_with(|| VmNetwork {
                 interfaces: Vec::new(),
                 policy,
-            })
-            .interfaces
-            .push(iface.clone());
+                resolver: None,
+            });
+        vm.interfaces.push(iface.clone());
+        vm.resolver = resolver;
         self.state.allocation = self.alloc.state();
         Ok(iface)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn plug(
         &mut self,
         lease: &Lease,
@@ -480,6 +637,7 @@ impl<K: NetKernel> HostNetwork<K> {
         policy: &CompiledPolicy,
         vm_id: &str,
         index: &mut Option<u32>,
+        resolver: &mut Option<ResolverState>,
     ) -> Result<()> {
         let i = if created {
             self.kernel
@@ -518,12 +676,34 @@ impl<K: NetKernel> HostNetwork<K> {
                     .await?;
             }
         }
+        // The resolver starts before the device goes up, so a failure leaves the device as it
+        // was found.
+        if policy.has_domains() {
+            let mut clients: Vec<Ipv4Addr> = self
+                .state
+                .vms
+                .get(vm_id)
+                .map(|v| v.interfaces.iter().map(|i| i.lease.guest_ip).collect())
+                .unwrap_or_default();
+            clients.push(lease.guest_ip);
+            match resolver {
+                Some(r) => {
+                    let cmd = Control::Update(self.resolver_policy(policy, clients));
+                    self.kernel.control_resolver(r, &cmd)?;
+                }
+                None => {
+                    // The gateway address exists now (bridge: since setup; isolation: above).
+                    *resolver = Some(self.start_resolver(vm_id, lease.gateway, clients, policy)?);
+                }
+            }
+        }
         self.kernel.set_up(i).await?;
         let rules = VmRules {
             vm_id: vm_id.to_owned(),
             guest_ip: lease.guest_ip,
             device: self.pinned_device(device),
             policy: policy.clone(),
+            dns: resolver.as_ref().map(vm_dns),
         };
         self.kernel
             .apply_nft(&nft::add_vm_batch(&self.state.config.table, &rules))
@@ -563,8 +743,12 @@ impl<K: NetKernel> HostNetwork<K> {
         first
     }
 
-    /// Replaces one VM's egress policy (one transaction per interface; its chain is flushed and
-    /// refilled, nothing else changes).
+    /// Replaces one VM's egress policy on a running VM. The VM's chain (all its interfaces) is
+    /// replaced in one nftables transaction; nothing else changes, and established flows are
+    /// kept (return traffic is accepted before any policy). With domains, the resolver is
+    /// started (none before), updated (its allowlist swapped at once, addresses of names no
+    /// longer allowed removed from the set) or stopped (no domains any more), and the
+    /// interfaces' [`VmInterface::dns_server`] follows.
     pub async fn set_vm_policy(&mut self, vm_id: &str, policy: EgressPolicy) -> Result<()> {
         let compiled = policy.compile()?;
         let Some(vm) = self.state.vms.get(vm_id).cloned() else {
@@ -573,22 +757,125 @@ impl<K: NetKernel> HostNetwork<K> {
                 format!("VM {vm_id} has no network"),
             ));
         };
-        // A VM with several interfaces shares one chain; one batch covers all its elements.
-        for i in &vm.interfaces {
-            let rules = VmRules {
+        self.check_inspection(&compiled)?;
+        let clients: Vec<Ipv4Addr> = vm.interfaces.iter().map(|i| i.lease.guest_ip).collect();
+        let old_compiled = vm.policy.compile()?;
+        let mut started = None;
+        let alive = vm
+            .resolver
+            .as_ref()
+            .is_some_and(|r| self.kernel.resolver_running(r));
+        let resolver = match (&vm.resolver, compiled.has_domains()) {
+            (Some(r), true) if alive => {
+                let cmd = Control::Update(self.resolver_policy(&compiled, clients.clone()));
+                self.kernel.control_resolver(r, &cmd)?;
+                Some(r.clone())
+            }
+            // No resolver yet, or its helper died: start one.
+            (_, true) => {
+                let Some(first) = vm.interfaces.first() else {
+                    return Err(Error::new(
+                        ErrorCode::InvalidState,
+                        format!("VM {vm_id} has no interface"),
+                    ));
+                };
+                let r =
+                    self.start_resolver(vm_id, first.lease.gateway, clients.clone(), &compiled)?;
+                started = Some(r.clone());
+                Some(r)
+            }
+            (_, false) => None,
+        };
+        let rules: Vec<VmRules> = vm
+            .interfaces
+            .iter()
+            .map(|i| VmRules {
                 vm_id: vm_id.to_owned(),
                 guest_ip: i.lease.guest_ip,
                 device: self.pinned_device(&i.host_device),
                 policy: compiled.clone(),
-            };
-            self.kernel
-                .apply_nft(&nft::add_vm_batch(&self.state.config.table, &rules))
-                .await?;
+                dns: resolver.as_ref().map(vm_dns),
+            })
+            .collect();
+        let batch = nft::vm_policy_batch(&self.state.config.table, &rules, vm.resolver.is_some());
+        if let Err(e) = self.kernel.apply_nft(&batch).await {
+            // Put the resolver back the way it was.
+            if let Some(r) = &started {
+                let _ = self.kernel.stop_resolver(r);
+            } else if let (Some(r), true) = (&vm.resolver, old_compiled.has_domains()) {
+                let cmd = Control::Update(self.resolver_policy(&old_compiled, clients));
+                let _ = self.kernel.control_resolver(r, &cmd);
+            }
+            return Err(e);
+        }
+        let mut stop_error = None;
+        if let (Some(old), None) = (&vm.resolver, &resolver)
+            && let Err(e) = self.kernel.stop_resolver(old)
+        {
+            stop_error = Some(e);
         }
         if let Some(v) = self.state.vms.get_mut(vm_id) {
             v.policy = policy;
+            v.resolver = resolver;
+            let has = compiled.has_domains();
+            for i in &mut v.interfaces {
+                i.dns_server = has.then_some(i.lease.gateway);
+            }
         }
-        Ok(())
+        match stop_error {
+            None => Ok(()),
+            Some(e) => Err(Error::new(
+                ErrorCode::CleanupFailed,
+                format!("stopping the resolver of VM {vm_id}"),
+            )
+            .with_source(e)),
+        }
+    }
+
+    /// Restarts the resolver of every domain VM whose helper is gone (a crash, a host reboot
+    /// with the VMs brought back, a stray kill) and points the VM's DNS redirect at the new one
+    /// (one transaction per VM). Until then such a VM fails closed: its DNS gets no answer and
+    /// no new address is allowed. Returns the ids of the VMs whose resolver was restarted.
+    pub async fn ensure_resolvers(&mut self) -> Result<Vec<String>> {
+        let mut restarted = Vec::new();
+        let vms: Vec<(String, VmNetwork)> = self
+            .state
+            .vms
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (id, vm) in vms {
+            let Some(old) = &vm.resolver else {
+                continue;
+            };
+            if self.kernel.resolver_running(old) {
+                continue;
+            }
+            let compiled = vm.policy.compile()?;
+            let clients = vm.interfaces.iter().map(|i| i.lease.guest_ip).collect();
+            let new = self.start_resolver(&id, old.addr, clients, &compiled)?;
+            let rules: Vec<VmRules> = vm
+                .interfaces
+                .iter()
+                .map(|i| VmRules {
+                    vm_id: id.clone(),
+                    guest_ip: i.lease.guest_ip,
+                    device: self.pinned_device(&i.host_device),
+                    policy: compiled.clone(),
+                    dns: Some(vm_dns(&new)),
+                })
+                .collect();
+            let batch = nft::vm_policy_batch(&self.state.config.table, &rules, true);
+            if let Err(e) = self.kernel.apply_nft(&batch).await {
+                let _ = self.kernel.stop_resolver(&new);
+                return Err(e);
+            }
+            if let Some(v) = self.state.vms.get_mut(&id) {
+                v.resolver = Some(new);
+            }
+            restarted.push(id);
+        }
+        Ok(restarted)
     }
 
     /// Unplugs every interface of a VM and removes exactly its egress rules. Unknown VMs are
@@ -608,8 +895,18 @@ impl<K: NetKernel> HostNetwork<K> {
             .collect();
         let refs: Vec<(std::net::Ipv4Addr, Option<&str>)> =
             pinned.iter().map(|(ip, d)| (*ip, d.as_deref())).collect();
-        let batch = nft::remove_vm_batch(&self.state.config.table, vm_id, &refs);
+        let batch = nft::remove_vm_batch_with(
+            &self.state.config.table,
+            vm_id,
+            &refs,
+            vm.resolver.is_some(),
+        );
         if let Err(e) = self.kernel.apply_nft(&batch).await {
+            first.get_or_insert(e);
+        }
+        if let Some(r) = &vm.resolver
+            && let Err(e) = self.kernel.stop_resolver(r)
+        {
             first.get_or_insert(e);
         }
         for i in &vm.interfaces {
@@ -911,6 +1208,22 @@ mod tests {
                     .unwrap(),
                     ..NetworkConfig::default()
                 },
+                NetworkConfig {
+                    host_policy: EgressPolicy::from_json(r#"{"allow_domains":["a.example"]}"#)
+                        .unwrap(),
+                    ..NetworkConfig::default()
+                },
+                NetworkConfig {
+                    dns_upstreams: vec!["resolver.example".into()],
+                    ..NetworkConfig::default()
+                },
+                NetworkConfig {
+                    dns_ttl: TtlLimits {
+                        min: 0,
+                        ..TtlLimits::default()
+                    },
+                    ..NetworkConfig::default()
+                },
             ] {
                 let k = RecordingKernel::with_uplink("eth0");
                 assert!(HostNetwork::setup(k, cfg).await.is_err());
@@ -956,6 +1269,282 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(j.lease.guest_ip, Ipv4Addr::new(10, 60, 0, 6));
+        });
+    }
+
+    fn domain_config() -> NetworkConfig {
+        NetworkConfig {
+            dns_upstreams: vec!["10.9.9.9".into()],
+            ..NetworkConfig::default()
+        }
+    }
+
+    fn domains(json: &str) -> EgressPolicy {
+        EgressPolicy::from_json(json).unwrap()
+    }
+
+    fn last_nft(k: &RecordingKernel) -> String {
+        k.calls
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                Call::Nft(v) => Some(v.to_string()),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn domain_vm_resolver_lifecycle() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, domain_config()).await.unwrap();
+            let set = nft::domain_set("a");
+            let i = net
+                .add_vm(VmRequest {
+                    vm_id: "a".into(),
+                    policy: Some(domains(r#"{"allow_domains":["*.example.com"]}"#)),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(i.dns_server, Some(Ipv4Addr::new(172, 30, 0, 1)));
+            assert_eq!(
+                i.boot_arg(),
+                "ip=172.30.0.2::172.30.0.1:255.255.255.0::eth0:off:172.30.0.1"
+            );
+            let calls = net.kernel_mut().calls.clone();
+            let start = calls
+                .iter()
+                .position(|c| *c == Call::StartResolver(set.clone()))
+                .expect("resolver started");
+            let up = calls
+                .iter()
+                .position(|c| *c == Call::SetUp(i.host_device.clone()))
+                .unwrap();
+            assert!(start < up, "resolver before the device goes up");
+            let batch = last_nft(net.kernel_mut());
+            for want in [&set, "dnat", "dns_vms", "\"timeout\"", "853"] {
+                assert!(batch.contains(want), "{want} in {batch}");
+            }
+            let r = net.state().vms["a"].resolver.clone().unwrap();
+
+            // New allowlist: the running resolver is updated, not restarted.
+            net.set_vm_policy("a", domains(r#"{"allow_domains":["x.example.org"]}"#))
+                .await
+                .unwrap();
+            let Some(Call::ControlResolver(s, Control::Update(p))) = net
+                .kernel_mut()
+                .calls
+                .iter()
+                .rev()
+                .find(|c| matches!(c, Call::ControlResolver(..)))
+                .cloned()
+            else {
+                panic!("update expected")
+            };
+            assert_eq!(s, set);
+            assert_eq!(p.domains[0].to_string(), "x.example.org");
+            assert_eq!(p.clients, vec![Ipv4Addr::new(172, 30, 0, 2)]);
+            assert_eq!(net.state().vms["a"].resolver.as_ref(), Some(&r));
+
+            // Replacing the whole table asks the resolver to refill its set.
+            net.set_host_policy(EgressPolicy::default()).await.unwrap();
+            assert_eq!(
+                net.kernel_mut().calls.last(),
+                Some(&Call::ControlResolver(set.clone(), Control::Resync))
+            );
+
+            // Domains off: one batch retires the redirect and the set, then the helper stops.
+            net.set_vm_policy("a", EgressPolicy::default())
+                .await
+                .unwrap();
+            let batch = last_nft(net.kernel_mut());
+            assert!(batch.contains("\"delete\""), "{batch}");
+            assert!(batch.contains(&set), "{batch}");
+            assert_eq!(
+                net.kernel_mut().calls.last(),
+                Some(&Call::StopResolver(set.clone()))
+            );
+            assert!(net.state().vms["a"].resolver.is_none());
+            assert_eq!(net.state().vms["a"].interfaces[0].dns_server, None);
+
+            // On again, then removal stops it.
+            net.set_vm_policy("a", domains(r#"{"allow_domains":["a.example"]}"#))
+                .await
+                .unwrap();
+            assert!(net.state().vms["a"].resolver.is_some());
+            net.remove_vm("a").await.unwrap();
+            let calls = &net.kernel_mut().calls;
+            assert_eq!(
+                calls
+                    .iter()
+                    .filter(|c| **c == Call::StartResolver(set.clone()))
+                    .count(),
+                2
+            );
+            let started = calls
+                .iter()
+                .rposition(|c| *c == Call::StartResolver(set.clone()))
+                .unwrap();
+            let stopped = calls
+                .iter()
+                .rposition(|c| *c == Call::StopResolver(set.clone()))
+                .unwrap();
+            assert!(stopped > started, "remove_vm stops the resolver");
+        });
+    }
+
+    #[test]
+    fn failed_firewall_stops_the_new_resolver() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, domain_config()).await.unwrap();
+            net.kernel_mut().fail_on = Some("Nft".into());
+            let e = net
+                .add_vm(VmRequest {
+                    vm_id: "a".into(),
+                    policy: Some(domains(r#"{"allow_domains":["a.example"]}"#)),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), ErrorCode::NetworkSetupFailed);
+            assert!(net.state().vms.is_empty());
+            assert!(net.state().allocation.leases.is_empty());
+            let set = nft::domain_set("a");
+            assert!(
+                net.kernel_mut()
+                    .calls
+                    .contains(&Call::StopResolver(set.clone()))
+            );
+
+            // A failed policy change on a running VM puts the old allowlist back.
+            net.add_vm(VmRequest {
+                vm_id: "b".into(),
+                policy: Some(domains(r#"{"allow_domains":["old.example"]}"#)),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+            net.kernel_mut().fail_on = Some("Nft".into());
+            net.set_vm_policy("b", domains(r#"{"allow_domains":["new.example"]}"#))
+                .await
+                .unwrap_err();
+            let Some(Call::ControlResolver(_, Control::Update(p))) =
+                net.kernel_mut().calls.last().cloned()
+            else {
+                panic!("rollback update expected")
+            };
+            assert_eq!(p.domains[0].to_string(), "old.example");
+            assert_eq!(
+                net.state().vms["b"].policy,
+                domains(r#"{"allow_domains":["old.example"]}"#)
+            );
+        });
+    }
+
+    #[test]
+    fn a_second_interface_joins_the_resolver() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, domain_config()).await.unwrap();
+            let p = domains(r#"{"allow_domains":["a.example"]}"#);
+            for iface in ["eth0", "eth1"] {
+                net.add_vm(VmRequest {
+                    vm_id: "a".into(),
+                    iface_id: iface.into(),
+                    policy: Some(p.clone()),
+                    ..VmRequest::default()
+                })
+                .await
+                .unwrap();
+            }
+            let calls = &net.kernel_mut().calls;
+            assert_eq!(
+                calls
+                    .iter()
+                    .filter(|c| matches!(c, Call::StartResolver(_)))
+                    .count(),
+                1
+            );
+            let Some(Call::ControlResolver(_, Control::Update(u))) = calls
+                .iter()
+                .rev()
+                .find(|c| matches!(c, Call::ControlResolver(..)))
+            else {
+                panic!("client update expected")
+            };
+            assert_eq!(u.clients.len(), 2);
+            let json = serde_json::to_string(net.state()).unwrap();
+            let back: NetworkState = serde_json::from_str(&json).unwrap();
+            assert_eq!(&back, net.state(), "resolver state persists");
+        });
+    }
+
+    #[test]
+    fn dead_resolvers_are_restarted() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, domain_config()).await.unwrap();
+            net.add_vm(VmRequest {
+                vm_id: "a".into(),
+                policy: Some(domains(r#"{"allow_domains":["a.example"]}"#)),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+            net.add_vm(VmRequest {
+                vm_id: "b".into(),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+            assert!(
+                net.ensure_resolvers().await.unwrap().is_empty(),
+                "all alive"
+            );
+            let old = net.state().vms["a"].resolver.clone().unwrap();
+            net.kernel_mut().dead_resolvers.push(old.set.clone());
+            assert_eq!(net.ensure_resolvers().await.unwrap(), vec!["a".to_owned()]);
+            let new = net.state().vms["a"].resolver.clone().unwrap();
+            assert_ne!(new.port, old.port);
+            let batch = last_nft(net.kernel_mut());
+            assert!(batch.contains(&format!("\"port\":{}", new.port)), "{batch}");
+        });
+    }
+
+    #[test]
+    fn a_policy_change_replaces_a_dead_resolver() {
+        rt().block_on(async {
+            let k = RecordingKernel::with_uplink("eth0");
+            let mut net = HostNetwork::setup(k, domain_config()).await.unwrap();
+            net.add_vm(VmRequest {
+                vm_id: "a".into(),
+                policy: Some(domains(r#"{"allow_domains":["a.example"]}"#)),
+                ..VmRequest::default()
+            })
+            .await
+            .unwrap();
+            let old = net.state().vms["a"].resolver.clone().unwrap();
+            net.kernel_mut().dead_resolvers.push(old.set.clone());
+            net.set_vm_policy("a", domains(r#"{"allow_domains":["b.example"]}"#))
+                .await
+                .unwrap();
+            let new = net.state().vms["a"].resolver.clone().unwrap();
+            assert_ne!(new.port, old.port, "a new helper");
+            let calls = &net.kernel_mut().calls;
+            assert_eq!(
+                calls
+                    .iter()
+                    .filter(|c| matches!(c, Call::StartResolver(_)))
+                    .count(),
+                2
+            );
+            assert!(
+                !calls.iter().any(|c| matches!(c, Call::ControlResolver(..))),
+                "the dead one is not asked"
+            );
         });
     }
 }

@@ -78,6 +78,30 @@ pub trait NetKernel {
     async fn del_rule(&mut self, rule: &PolicyRule) -> Result<()>;
     /// Applies one nftables JSON batch as one transaction.
     async fn apply_nft(&mut self, batch: &Value) -> Result<()>;
+    /// Starts a VM's resolver helper (see [`super::dns::start`]).
+    fn start_resolver(
+        &mut self,
+        spec: &super::dns::ResolverSpec,
+        helper: &std::path::Path,
+    ) -> Result<super::dns::ResolverState> {
+        super::dns::start(spec, helper)
+    }
+    /// Sends a command to a running resolver (see [`super::dns::control`]).
+    fn control_resolver(
+        &mut self,
+        state: &super::dns::ResolverState,
+        cmd: &super::dns::Control,
+    ) -> Result<()> {
+        super::dns::control(state, cmd)
+    }
+    /// Stops a resolver helper (see [`super::dns::stop`]).
+    fn stop_resolver(&mut self, state: &super::dns::ResolverState) -> Result<()> {
+        super::dns::stop(state)
+    }
+    /// Whether a resolver helper is still running (see [`super::dns::is_running`]).
+    fn resolver_running(&mut self, state: &super::dns::ResolverState) -> bool {
+        super::dns::is_running(state)
+    }
 }
 
 /// `from <from> [to <to>] lookup <table> pref <priority>`.
@@ -547,6 +571,12 @@ pub enum Call {
     DelRule(PolicyRule),
     /// [`NetKernel::apply_nft`].
     Nft(Value),
+    /// [`NetKernel::start_resolver`] (the set name).
+    StartResolver(String),
+    /// [`NetKernel::control_resolver`] (the set name and the command).
+    ControlResolver(String, super::dns::Control),
+    /// [`NetKernel::stop_resolver`] (the set name).
+    StopResolver(String),
 }
 
 /// An in-memory kernel that records every call, for unit tests of the orchestration logic.
@@ -563,6 +593,8 @@ pub struct RecordingKernel {
     pub forwarding: bool,
     /// Makes the first call whose `Debug` text contains this string fail.
     pub fail_on: Option<String>,
+    /// Resolvers (by set name) that [`NetKernel::resolver_running`] reports as gone.
+    pub dead_resolvers: Vec<String>,
     next_index: u32,
 }
 
@@ -697,5 +729,35 @@ impl NetKernel for RecordingKernel {
     }
     async fn apply_nft(&mut self, batch: &Value) -> Result<()> {
         self.record(Call::Nft(batch.clone()))
+    }
+    fn start_resolver(
+        &mut self,
+        spec: &super::dns::ResolverSpec,
+        _helper: &std::path::Path,
+    ) -> Result<super::dns::ResolverState> {
+        self.record(Call::StartResolver(spec.set.clone()))?;
+        self.next_index += 1;
+        Ok(super::dns::ResolverState {
+            pid: 0,
+            start_time: 0,
+            addr: spec.listen,
+            port: 40_000 + u16::try_from(self.next_index % 20_000).unwrap_or(0),
+            proxy_port: 0,
+            control: spec.control.clone(),
+            set: spec.set.clone(),
+        })
+    }
+    fn control_resolver(
+        &mut self,
+        state: &super::dns::ResolverState,
+        cmd: &super::dns::Control,
+    ) -> Result<()> {
+        self.record(Call::ControlResolver(state.set.clone(), cmd.clone()))
+    }
+    fn stop_resolver(&mut self, state: &super::dns::ResolverState) -> Result<()> {
+        self.record(Call::StopResolver(state.set.clone()))
+    }
+    fn resolver_running(&mut self, state: &super::dns::ResolverState) -> bool {
+        !self.dead_resolvers.contains(&state.set)
     }
 }

@@ -7,10 +7,12 @@
 //!   sysctl, `nft`), with a recording fake.
 //! - [`host`]: [`HostNetwork`], which ties them together from setup to cleanup.
 //! - [`wireguard`]: wg-quick parsing, the userspace tunnel helper, policy routing.
+//! - [`dns`]: egress by domain name: the per-VM resolver helper and its lifecycle.
 //!
 //! Everything acts on the network namespace of the calling thread, which is how the tests run
 //! it inside throwaway namespaces.
 
+pub mod dns;
 pub mod firewall;
 pub mod host;
 pub mod kernel;
@@ -20,7 +22,7 @@ pub mod publish;
 pub mod tap;
 pub mod wireguard;
 
-pub use firewall::{Action, EgressPolicy, EgressRule, Ports, Protocol};
+pub use firewall::{Action, DnsRefusal, DomainPattern, EgressPolicy, EgressRule, Ports, Protocol};
 pub use host::{HostNetwork, Mode, NetworkConfig, NetworkState, VmInterface, VmRequest};
 pub use kernel::{NetKernel, Netlink, RecordingKernel};
 pub use plan::{IpAllocator, Lease, PointToPointAllocator, Subnet};

@@ -24,6 +24,21 @@
 //!     <default: accept | drop>
 //!   }
 //!   chain vm_<hash> { <the VM's rules> [its default] }  # falls back to egress when no default
+//!
+//!   # VMs with a domain policy (see `super::dns`) additionally get:
+//!   map dns_vms { type ipv4_addr : verdict }            # guest address -> jump dns_<hash>
+//!   chain prerouting { nat hook prerouting, priority dstnat: ip saddr vmap @dns_vms }
+//!   chain dns_<hash> {
+//!     fib daddr type local th dport 53 dnat ip to RESOLVER:PORT
+//!     [inspect_names] <each VM rule> return; ip daddr @d_<hash> tcp dport { 80, 443 } dnat ip to RESOLVER:PROXY
+//!   }
+//!   set d_<hash> { type ipv4_addr; flags timeout }      # filled by the VM's resolver
+//!   chain vm_<hash> {
+//!     th dport { 53, 853 } drop                         # no DNS/DoT except flick's resolver
+//!     <the VM's rules>                                  # a deny CIDR beats an allowed domain
+//!     ip daddr @d_<hash> meta l4proto tcp accept
+//!     drop
+//!   }
 //! }
 //! ```
 //!
@@ -47,6 +62,12 @@ pub const DEFAULT_TABLE: &str = "flick";
 pub const VM_MAP: &str = "vm_policies";
 /// The set of (TAP, guest address) pairs allowed to send (isolation mode source pinning).
 pub const VM_SOURCES: &str = "vm_sources";
+/// The verdict map from guest address to the chain that redirects its DNS to its resolver.
+pub const DNS_MAP: &str = "dns_vms";
+/// The port guests send DNS queries to.
+pub const DNS_PORT: u16 = 53;
+/// The DNS-over-TLS port.
+pub const DOT_PORT: u16 = 853;
 
 /// Where WireGuard egress goes and whether other egress is blocked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +108,24 @@ pub struct VmRules {
     pub device: Option<String>,
     /// Its policy.
     pub policy: CompiledPolicy,
+    /// Its resolver, when the policy names domains.
+    pub dns: Option<VmDns>,
 }
+
+/// Where a VM's resolver listens (on the host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDns {
+    /// The host address it is bound to.
+    pub addr: Ipv4Addr,
+    /// Its UDP and TCP port.
+    pub port: u16,
+    /// Its name-checking proxy's TCP port (0: none).
+    #[serde(default)]
+    pub proxy_port: u16,
+}
+
+/// The ports whose connections the name-checking proxy inspects (HTTP, HTTPS).
+pub const INSPECTED_PORTS: [u16; 2] = [80, 443];
 
 /// The chain name of a VM's policy: `vm_` + a hash of its id.
 #[must_use]
@@ -96,6 +134,22 @@ pub fn vm_chain(vm_id: &str) -> String {
         "vm_{}",
         &plan::tap_name(vm_id, "egress", 0)[plan::TAP_PREFIX.len()..]
     )
+}
+
+fn hash_suffix(vm_id: &str) -> String {
+    plan::tap_name(vm_id, "egress", 0)[plan::TAP_PREFIX.len()..].to_owned()
+}
+
+/// The chain that redirects a VM's DNS queries to its resolver: `dns_` + the hash of its id.
+#[must_use]
+pub fn dns_chain(vm_id: &str) -> String {
+    format!("dns_{}", hash_suffix(vm_id))
+}
+
+/// The set of addresses a VM's resolver handed out: `d_` + the hash of its id.
+#[must_use]
+pub fn domain_set(vm_id: &str) -> String {
+    format!("d_{}", hash_suffix(vm_id))
 }
 
 fn ip_field(field: &str) -> Value {
@@ -218,14 +272,121 @@ pub fn delete_table_batch(table: &str) -> Value {
     b.finish()
 }
 
+fn dns_ports_match() -> Vec<Value> {
+    vec![
+        matches(
+            "==",
+            json!({ "meta": { "key": "l4proto" } }),
+            json!({ "set": ["tcp", "udp"] }),
+        ),
+        matches(
+            "==",
+            json!({ "payload": { "protocol": "th", "field": "dport" } }),
+            json!({ "set": [DNS_PORT, DOT_PORT] }),
+        ),
+    ]
+}
+
 fn vm_part(b: &mut Batch<'_>, vm: &VmRules) {
     let chain = vm_chain(&vm.vm_id);
+    let domains = vm.policy.has_domains() && vm.dns.is_some();
+    if domains {
+        // The set must exist before the rule that reads it; `add` keeps existing elements.
+        b.cmd(
+            "add",
+            "set",
+            json!({ "name": domain_set(&vm.vm_id), "type": "ipv4_addr", "flags": ["timeout"] }),
+        );
+    }
     b.chain(&chain);
     // Re-applying a VM replaces its rules instead of appending a second copy.
     b.cmd("flush", "chain", json!({ "name": chain }));
+    if domains {
+        let mut guard = dns_ports_match();
+        guard.push(json!({ "drop": null }));
+        b.rule(
+            &chain,
+            guard,
+            Some("flick: DNS only through flick's resolver"),
+        );
+    }
     b.policy(&chain, &vm.policy);
+    if domains {
+        b.rule(
+            &chain,
+            vec![
+                matches(
+                    "==",
+                    ip_field("daddr"),
+                    json!(format!("@{}", domain_set(&vm.vm_id))),
+                ),
+                matches("==", json!({ "meta": { "key": "l4proto" } }), json!("tcp")),
+                json!({ "accept": null }),
+            ],
+            Some("flick: allowed domains"),
+        );
+    }
     if let Some(d) = vm.policy.default_action {
         b.rule(&chain, vec![verdict(d)], Some("vm default"));
+    }
+    if let (true, Some(dns)) = (domains, vm.dns) {
+        let dchain = dns_chain(&vm.vm_id);
+        b.chain(&dchain);
+        b.cmd("flush", "chain", json!({ "name": dchain }));
+        for proto in ["udp", "tcp"] {
+            b.rule(
+                &dchain,
+                vec![
+                    matches(
+                        "==",
+                        json!({ "fib": { "result": "type", "flags": ["daddr"] } }),
+                        json!("local"),
+                    ),
+                    matches(
+                        "==",
+                        json!({ "payload": { "protocol": proto, "field": "dport" } }),
+                        json!(DNS_PORT),
+                    ),
+                    json!({ "dnat": { "family": "ip", "addr": dns.addr.to_string(), "port": dns.port } }),
+                ],
+                Some("flick: DNS to the VM's resolver"),
+            );
+        }
+        if vm.policy.inspect_names && dns.proxy_port != 0 {
+            // The CIDR rules keep deciding in the forward hook: what they match is not
+            // redirected. New HTTP(S) connections to resolved addresses go to the proxy.
+            for r in &vm.policy.rules {
+                let mut exprs = rule_exprs(r);
+                exprs.pop();
+                exprs.push(json!({ "return": null }));
+                b.rule(&dchain, exprs, Some("flick: decided by a rule"));
+            }
+            b.rule(
+                &dchain,
+                vec![
+                    matches(
+                        "==",
+                        ip_field("daddr"),
+                        json!(format!("@{}", domain_set(&vm.vm_id))),
+                    ),
+                    matches(
+                        "==",
+                        json!({ "payload": { "protocol": "tcp", "field": "dport" } }),
+                        json!({ "set": INSPECTED_PORTS }),
+                    ),
+                    json!({ "dnat": { "family": "ip", "addr": dns.addr.to_string(), "port": dns.proxy_port } }),
+                ],
+                Some("flick: SNI/Host check"),
+            );
+        }
+        b.cmd(
+            "add",
+            "element",
+            json!({
+                "name": DNS_MAP,
+                "elem": [[vm.guest_ip.to_string(), { "jump": { "target": dchain } }]],
+            }),
+        );
     }
     b.cmd(
         "add",
@@ -267,6 +428,16 @@ pub fn full_batch(spec: &TableSpec, vms: &[VmRules]) -> Value {
     );
     b.cmd(
         "add",
+        "map",
+        json!({ "name": DNS_MAP, "type": "ipv4_addr", "map": "verdict" }),
+    );
+    b.cmd(
+        "add",
+        "chain",
+        json!({ "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept" }),
+    );
+    b.cmd(
+        "add",
         "chain",
         json!({ "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept" }),
     );
@@ -282,6 +453,11 @@ pub fn full_batch(spec: &TableSpec, vms: &[VmRules]) -> Value {
     }
 
     let pool = net_value(spec.pool);
+    b.rule(
+        "prerouting",
+        vec![json!({ "vmap": { "key": ip_field("saddr"), "data": format!("@{DNS_MAP}") } })],
+        Some("flick: per-VM resolver"),
+    );
     let oif = json!({ "meta": { "key": "oifname" } });
     let masq_out: Vec<&str> = spec
         .uplink
@@ -387,13 +563,65 @@ pub fn add_vm_batch(table: &str, vm: &VmRules) -> Value {
     b.finish()
 }
 
+/// The batch that gives a VM (all its interfaces) a new policy in one transaction. When the
+/// VM had a domain policy and `vms` no longer has one, its DNS redirect, resolver chain and
+/// address set go in the same transaction.
+#[must_use]
+pub fn vm_policy_batch(table: &str, vms: &[VmRules], had_domains: bool) -> Value {
+    let mut b = Batch::new(table);
+    for vm in vms {
+        vm_part(&mut b, vm);
+    }
+    let now = vms
+        .first()
+        .is_some_and(|v| v.policy.has_domains() && v.dns.is_some());
+    if let (true, false, Some(first)) = (had_domains, now, vms.first()) {
+        for vm in vms {
+            b.cmd(
+                "delete",
+                "element",
+                json!({ "name": DNS_MAP, "elem": [vm.guest_ip.to_string()] }),
+            );
+        }
+        retire_domains(&mut b, &first.vm_id);
+    }
+    b.finish()
+}
+
+fn retire_domains(b: &mut Batch<'_>, vm_id: &str) {
+    let dchain = dns_chain(vm_id);
+    b.cmd("flush", "chain", json!({ "name": dchain }));
+    b.cmd("delete", "chain", json!({ "name": dchain }));
+    b.cmd("delete", "set", json!({ "name": domain_set(vm_id) }));
+}
+
 /// The batch that removes exactly one VM's map elements, source elements and chain, for all
 /// its interfaces (`(guest address, pinned device)` each) at once: the chain can only go after
 /// every element jumping to it.
 #[must_use]
 pub fn remove_vm_batch(table: &str, vm_id: &str, interfaces: &[(Ipv4Addr, Option<&str>)]) -> Value {
+    remove_vm_batch_with(table, vm_id, interfaces, false)
+}
+
+/// [`remove_vm_batch`], also removing the VM's DNS redirect and address set when `domains`.
+#[must_use]
+pub fn remove_vm_batch_with(
+    table: &str,
+    vm_id: &str,
+    interfaces: &[(Ipv4Addr, Option<&str>)],
+    domains: bool,
+) -> Value {
     let chain = vm_chain(vm_id);
     let mut b = Batch::new(table);
+    if domains {
+        for (ip, _) in interfaces {
+            b.cmd(
+                "delete",
+                "element",
+                json!({ "name": DNS_MAP, "elem": [ip.to_string()] }),
+            );
+        }
+    }
     for (ip, device) in interfaces {
         b.cmd(
             "delete",
@@ -410,6 +638,9 @@ pub fn remove_vm_batch(table: &str, vm_id: &str, interfaces: &[(Ipv4Addr, Option
     }
     b.cmd("flush", "chain", json!({ "name": chain }));
     b.cmd("delete", "chain", json!({ "name": chain }));
+    if domains {
+        retire_domains(&mut b, vm_id);
+    }
     b.finish()
 }
 
@@ -483,6 +714,7 @@ mod tests {
             guest_ip: "172.30.0.2".parse().unwrap(),
             device: None,
             policy: policy(r#"{"rules":[{"action":"allow","protocol":"tcp","ports":22}]}"#),
+            dns: None,
         }
     }
 
@@ -519,6 +751,31 @@ mod tests {
             &v.vm_id,
             &[(v.guest_ip, Some("fltap0"))]
         ));
+    }
+
+    #[test]
+    fn domain_vm_batches() {
+        let mut v = vm();
+        v.policy = policy(
+            r#"{"rules":[{"action":"deny","to":"203.0.113.0/24"}],"allow_domains":["*.example.com"]}"#,
+        );
+        v.dns = Some(VmDns {
+            addr: "172.30.0.1".parse().unwrap(),
+            port: 40053,
+            proxy_port: 40054,
+        });
+        insta::assert_json_snapshot!(add_vm_batch("flick", &v));
+        insta::assert_json_snapshot!(remove_vm_batch_with(
+            "flick",
+            &v.vm_id,
+            &[(v.guest_ip, None)],
+            true
+        ));
+        let mut plain = vm();
+        plain.vm_id = v.vm_id.clone();
+        insta::assert_json_snapshot!(vm_policy_batch("flick", &[plain], true));
+        v.policy.inspect_names = true;
+        insta::assert_json_snapshot!(add_vm_batch("flick", &v));
     }
 
     #[test]

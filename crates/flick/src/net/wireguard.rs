@@ -636,7 +636,7 @@ fn helper_path(cfg: &WireguardConfig) -> Result<PathBuf> {
     Ok(PathBuf::from(HELPER_NAME))
 }
 
-fn start_time(pid: u32) -> Option<u64> {
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; fields after it are space separated.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -713,7 +713,7 @@ pub fn stop_userspace_tunnel(interface: &str, pid: u32, start: u64) -> Result<()
     r
 }
 
-fn signal_helper(pid: u32, start: u64) -> Result<()> {
+pub(crate) fn signal_helper(pid: u32, start: u64) -> Result<()> {
     if start_time(pid) != Some(start) {
         reap(pid);
         return Ok(());
@@ -790,6 +790,14 @@ pub async fn enable<K: NetKernel>(
         return Err(Error::new(
             ErrorCode::InvalidState,
             "WireGuard egress is already enabled",
+        ));
+    }
+    if let Some((vm, _)) = net.state().vms.iter().find(|(_, v)| v.policy.inspect_names) {
+        // The name-checking proxy connects from the host itself, outside the VM routing
+        // through the tunnel: it would bypass it.
+        return Err(Error::new(
+            ErrorCode::InvalidState,
+            format!("VM {vm} uses inspect_names, which does not go through WireGuard egress"),
         ));
     }
     let routed: Vec<Ipv4Net> = if cfg.route_all_vm_traffic {
@@ -1194,5 +1202,49 @@ mod tests {
         let cfg: std::result::Result<WireguardConfig, _> =
             serde_json::from_str(r#"{"mode":{"existing":{"interface":"wg0"}},"tabel":5}"#);
         assert!(cfg.is_err());
+    }
+
+    #[test]
+    fn name_inspection_and_wireguard_exclude_each_other() {
+        use crate::net::host::{HostNetwork, NetworkConfig, VmRequest};
+        use crate::net::kernel::RecordingKernel;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cfg = || NetworkConfig {
+                dns_upstreams: vec!["10.9.9.9".into()],
+                ..NetworkConfig::default()
+            };
+            let wg = WireguardConfig {
+                mode: WireguardMode::Existing {
+                    interface: "wg7".into(),
+                },
+                ..WireguardConfig::managed("")
+            };
+            let inspecting = || VmRequest {
+                vm_id: "a".into(),
+                policy: Some(
+                    crate::net::EgressPolicy::from_json(
+                        r#"{"allow_domains":["a.example"],"inspect_names":true}"#,
+                    )
+                    .unwrap(),
+                ),
+                ..VmRequest::default()
+            };
+            let mut k = RecordingKernel::with_uplink("eth0");
+            k.links.insert("wg7".into(), 7);
+            let mut net = HostNetwork::setup(k.clone(), cfg()).await.unwrap();
+            net.add_vm(inspecting()).await.unwrap();
+            let e = enable(&mut net, &wg).await.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidState);
+            assert!(net.state().wireguard.is_none());
+
+            let mut net = HostNetwork::setup(k, cfg()).await.unwrap();
+            enable(&mut net, &wg).await.unwrap();
+            let e = net.add_vm(inspecting()).await.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidFirewallConfig);
+            assert!(net.state().vms.is_empty());
+        });
     }
 }

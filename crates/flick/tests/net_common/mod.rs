@@ -17,6 +17,8 @@
 //! oracle and to build the topology.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -197,6 +199,12 @@ pub struct Topology {
 
 impl Topology {
     pub fn new() -> Self {
+        Self::build(&UDP_PORTS)
+    }
+
+    /// Like [`Topology::new`], with UDP servers only on `udp_ports` (leaving port 53 free for a
+    /// real DNS server).
+    pub fn build(udp_ports: &[u16]) -> Self {
         require_privileges();
         let host = Netns::new("h");
         let internet = Netns::new("i");
@@ -216,8 +224,8 @@ impl Topology {
         for port in TCP_PORTS {
             servers.push(tcp_server(&internet, port, stop.clone()));
         }
-        for port in UDP_PORTS {
-            servers.push(udp_server(&internet, port, stop.clone()));
+        for port in udp_ports {
+            servers.push(udp_server(&internet, *port, stop.clone()));
         }
         Self {
             host,
@@ -240,6 +248,14 @@ impl Topology {
         ));
         g.ip("link set eth0 up");
         (g, dev)
+    }
+}
+
+impl Topology {
+    /// Starts one more server in the internet namespace, stopped with the topology.
+    pub fn add_server(&mut self, start: impl FnOnce(&Netns, Arc<AtomicBool>) -> JoinHandle<()>) {
+        let h = start(&self.internet, self.stop.clone());
+        self.servers.push(h);
     }
 }
 
@@ -272,6 +288,48 @@ pub fn tcp_server(ns: &Netns, port: u16, stop: Arc<AtomicBool>) -> JoinHandle<()
             match l.accept() {
                 Ok((mut s, peer)) => {
                     let _ = s.write_all(peer.ip().to_string().as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx.recv().unwrap();
+    h
+}
+
+/// A TCP server that echoes every byte back until the peer closes (for long-lived flows).
+pub fn echo_server(ns: &Netns, port: u16, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = ns.spawn(move || {
+        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                        let mut buf = [0u8; 256];
+                        while !stop.load(Ordering::Relaxed) {
+                            match s.read(&mut buf) {
+                                Ok(0) => return,
+                                Ok(n) => {
+                                    if s.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
