@@ -219,6 +219,16 @@ impl Topology {
         internet.ip(&format!("addr add {FAR_A}/32 dev eth0"));
         internet.ip(&format!("addr add {FAR_B}/32 dev eth0"));
         internet.ip("link set eth0 up");
+        // A veth reports carrier only once both ends are up, a moment later, and its link-local
+        // address stays tentative until then: wait for both, so the first probe and the
+        // "before" listings never catch the link half up.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !host.ip("link show up0").contains("state UP")
+            || host.ip("addr show up0").contains("tentative")
+        {
+            assert!(Instant::now() < deadline, "up0 never got carrier");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let mut servers = Vec::new();
         for port in TCP_PORTS {
