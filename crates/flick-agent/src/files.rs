@@ -2,6 +2,7 @@
 
 use crate::session::{Closed, bad_frame};
 use crate::wire::{FrameReader, FrameWriter};
+use flick_proto::io::BufferPool;
 use flick_proto::{
     DataEnd, ErrorBody, FileInfo, FileKind, Kind, Message, Response, UploadRequest, codes,
 };
@@ -145,6 +146,7 @@ fn write_chunks(
     mut file: fs::File,
     checksum: bool,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pool: &BufferPool,
 ) -> (Sha256, u64, Option<io::Error>) {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
@@ -159,6 +161,7 @@ fn write_chunks(
         {
             err = Some(e);
         }
+        pool.put(data);
     }
     (hasher, size, err)
 }
@@ -250,7 +253,8 @@ where
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let checksum = !req.skip_checksum;
-    let writer = tokio::task::spawn_blocking(move || write_chunks(file, checksum, rx));
+    let pool = rd.pool().clone();
+    let writer = tokio::task::spawn_blocking(move || write_chunks(file, checksum, rx, &pool));
     let end = loop {
         match rd.read_frame().await {
             Ok(Some(Message::Data(data))) => {
@@ -359,11 +363,17 @@ pub async fn download<W: AsyncWrite + Unpin>(
     .await
     .map_err(|_| Closed)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
-    let reader =
-        tokio::task::spawn_blocking(move || flick_proto::io::read_chunks(file, checksum, &tx));
+    let pool = BufferPool::new();
+    let reader_pool = pool.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        flick_proto::io::read_chunks(file, checksum, &tx, &reader_pool)
+    });
     while let Some(chunk) = rx.recv().await {
         match chunk {
-            Ok(data) => wr.send_data(Kind::Data, &data).await.map_err(|_| Closed)?,
+            Ok(data) => {
+                wr.send_data(Kind::Data, &data).await.map_err(|_| Closed)?;
+                pool.put(data);
+            }
             Err(e) => {
                 // The stream is mid-flight: an error frame ends it.
                 let _ = wr.send(&Message::Error(io_body("read", path, &e))).await;

@@ -96,8 +96,9 @@ async fn transfers_without_checksum_check_the_size() {
         .download_with(
             &remote,
             &back,
-            flick::agent::DownloadOptions {
+            &flick::agent::DownloadOptions {
                 skip_checksum: true,
+                ..Default::default()
             },
         )
         .await
@@ -297,4 +298,199 @@ async fn directory_trees_round_trip() {
         std::fs::read_link(back.join("ln")).unwrap(),
         Path::new("top.txt")
     );
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+fn agent_code(e: &flick::Error) -> String {
+    e.details()
+        .and_then(|d| d["agent_code"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn transfers_around_chunk_boundaries_on_one_connection_keep_every_byte() {
+    // Chunk buffers are recycled within and across transfers on the same pooled connection:
+    // sizes around the chunk and frame boundaries, each with its own content, must come back
+    // exactly (a stale byte from an earlier, longer chunk would show).
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let c = flick_proto::TRANSFER_CHUNK_SIZE;
+    let sizes = [3 * c + 5, 0, 1, c - 1, c, c + 1, 16 * 1024, 100_000, 2 * c];
+    for (i, len) in sizes.into_iter().enumerate() {
+        let data = pattern(len, i as u8);
+        let want = hex::encode(Sha256::digest(&data));
+        let src = work.path().join(format!("src-{i}"));
+        std::fs::write(&src, &data).unwrap();
+        let remote = path_str(&work.path().join(format!("remote-{i}")));
+        let up = client
+            .upload(&src, &remote, &UploadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!((up.size, up.sha256.as_str()), (len as u64, want.as_str()));
+        assert!(std::fs::read(&remote).unwrap() == data, "upload of {len}");
+        // The same bytes through the streaming variants.
+        let remote2 = format!("{remote}-stream");
+        let up = client
+            .upload_reader(&mut &data[..], &remote2, &UploadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(up.sha256, want);
+        assert!(
+            std::fs::read(&remote2).unwrap() == data,
+            "stream upload of {len}"
+        );
+        let back = work.path().join(format!("back-{i}"));
+        let down = client.download(&remote, &back).await.unwrap();
+        assert_eq!(
+            (down.size, down.sha256.as_str()),
+            (len as u64, want.as_str())
+        );
+        assert!(std::fs::read(&back).unwrap() == data, "download of {len}");
+        let mut streamed = Vec::new();
+        let down = client
+            .download_writer(&remote2, &mut streamed)
+            .await
+            .unwrap();
+        assert_eq!(down.sha256, want);
+        assert!(streamed == data, "stream download of {len}");
+    }
+    assert!(leftovers(work.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_known_digest_is_checked_by_the_receiver_and_a_wrong_one_leaves_nothing() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let data = pattern(1_300_000, 9);
+    let want = hex::encode(Sha256::digest(&data));
+    let src = work.path().join("src");
+    std::fs::write(&src, &data).unwrap();
+    let remote = path_str(&work.path().join("remote"));
+
+    // Upload with the right digest (any case): the agent hashes and accepts.
+    let opts = UploadOptions {
+        sha256: Some(want.to_ascii_uppercase()),
+        ..UploadOptions::default()
+    };
+    let up = client.upload(&src, &remote, &opts).await.unwrap();
+    assert_eq!((up.size, up.sha256.as_str()), (1_300_000, want.as_str()));
+    assert!(std::fs::read(&remote).unwrap() == data);
+
+    // A wrong digest: rejected by the agent, the existing file untouched, no temp file.
+    let mut wrong = want.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    let other = pattern(10_000, 1);
+    for use_reader in [false, true] {
+        let opts = UploadOptions {
+            sha256: Some(wrong.clone()),
+            ..UploadOptions::default()
+        };
+        let e = if use_reader {
+            client
+                .upload_reader(&mut &other[..], &remote, &opts)
+                .await
+                .unwrap_err()
+        } else {
+            std::fs::write(&src, &other).unwrap();
+            client.upload(&src, &remote, &opts).await.unwrap_err()
+        };
+        assert_eq!(e.code(), ErrorCode::AgentError);
+        assert_eq!(agent_code(&e), "CHECKSUM_MISMATCH", "{e}");
+        assert!(std::fs::read(&remote).unwrap() == data);
+        assert!(leftovers(work.path()).is_empty());
+    }
+    let fresh = path_str(&work.path().join("fresh"));
+    let opts = UploadOptions {
+        sha256: Some(wrong.clone()),
+        ..UploadOptions::default()
+    };
+    client
+        .upload_reader(&mut &other[..], &fresh, &opts)
+        .await
+        .unwrap_err();
+    assert!(!Path::new(&fresh).exists());
+
+    // Download with the right digest: the host hashes and compares.
+    let back = work.path().join("back");
+    let opts = flick::agent::DownloadOptions {
+        sha256: Some(want.clone()),
+        ..Default::default()
+    };
+    let down = client.download_with(&remote, &back, &opts).await.unwrap();
+    assert_eq!(down.sha256, want);
+    assert!(std::fs::read(&back).unwrap() == data);
+    // A wrong one: reported, the local file as it was, no temp file.
+    std::fs::write(&back, b"previous").unwrap();
+    let opts = flick::agent::DownloadOptions {
+        sha256: Some(wrong.clone()),
+        ..Default::default()
+    };
+    let e = client
+        .download_with(&remote, &back, &opts)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AgentError);
+    assert_eq!(agent_code(&e), "CHECKSUM_MISMATCH", "{e}");
+    assert_eq!(std::fs::read(&back).unwrap(), b"previous");
+    let missing = work.path().join("never");
+    client
+        .download_with(&remote, &missing, &opts)
+        .await
+        .unwrap_err();
+    assert!(!missing.exists());
+    assert!(leftovers(work.path()).is_empty());
+    // The client is still usable afterwards.
+    assert_eq!(client.stat(&remote, true).await.unwrap().size, 1_300_000);
+}
+
+#[tokio::test]
+async fn malformed_known_digests_are_refused_before_anything_is_sent() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::write(&src, b"data").unwrap();
+    let remote = path_str(&work.path().join("remote"));
+    let good = hex::encode(Sha256::digest(b"data"));
+    let bad = [
+        ("abc".to_owned(), false),
+        ("g".repeat(64), false),
+        (format!("{good}0"), false),
+        (good.clone(), true), // with skip_checksum
+    ];
+    for (digest, skip_checksum) in bad {
+        let opts = UploadOptions {
+            sha256: Some(digest.clone()),
+            skip_checksum,
+            ..UploadOptions::default()
+        };
+        let e = client.upload(&src, &remote, &opts).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{digest}");
+        let e = client
+            .upload_reader(&mut &b"data"[..], &remote, &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{digest}");
+        let opts = flick::agent::DownloadOptions {
+            sha256: Some(digest.clone()),
+            skip_checksum,
+        };
+        let e = client
+            .download_with("/etc/hostname", &work.path().join("back"), &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument, "{digest}");
+    }
+    assert!(!Path::new(&remote).exists());
+    assert!(!work.path().join("back").exists());
+    assert!(leftovers(work.path()).is_empty());
 }
