@@ -9,6 +9,9 @@
 //! frames) takes a buffer, the consumer (the socket writer, or the file writer) gives it back.
 //! A transfer thus touches a handful of buffers whose pages stay mapped, instead of allocating,
 //! faulting in and freeing half a megabyte per chunk.
+//!
+//! SHA-256 runs on a [`HashThread`] of its own, fed the same chunks (shared, not copied) as the
+//! file or socket side, so hashing overlaps reading and writing instead of adding to them.
 
 use crate::{HEADER_LEN, Header, Kind, MAX_PAYLOAD, Message, ProtoError, decode_frame};
 use std::io;
@@ -248,20 +251,97 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
+/// A chunk shared by the consumers of one transfer (the file or socket side and the hasher).
+pub type SharedChunk = Arc<Vec<u8>>;
+
+/// Gives `chunk` back to `pool` if this was its last user.
+pub fn release(pool: &BufferPool, chunk: SharedChunk) {
+    if let Some(buf) = Arc::into_inner(chunk) {
+        pool.put(buf);
+    }
+}
+
+/// Chunks that may wait for the hasher; beyond that the feeder blocks (bounded memory).
+const HASH_QUEUE: usize = 4;
+
+/// SHA-256 of a stream of chunks, computed on its own thread. Feed it from blocking code only
+/// ([`HashThread::feed`] blocks while the queue is full).
+#[derive(Debug)]
+pub struct HashThread {
+    tx: Option<std::sync::mpsc::SyncSender<SharedChunk>>,
+    handle: Option<std::thread::JoinHandle<String>>,
+}
+
+impl HashThread {
+    /// Starts the thread; hashed chunks are released to `pool`.
+    pub fn spawn(pool: BufferPool) -> io::Result<Self> {
+        use sha2::{Digest, Sha256};
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SharedChunk>(HASH_QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("flick-sha256".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                for chunk in rx {
+                    hasher.update(&chunk[..]);
+                    release(&pool, chunk);
+                }
+                hex::encode(hasher.finalize())
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// Queues a chunk (in stream order).
+    pub fn feed(&self, chunk: SharedChunk) {
+        if let Some(tx) = &self.tx {
+            // The thread only stops once `tx` is dropped, so sending cannot fail.
+            let _ = tx.send(chunk);
+        }
+    }
+
+    /// Waits for the queued chunks and returns the lowercase hex digest.
+    pub fn finish(mut self) -> String {
+        drop(self.tx.take());
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for HashThread {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread; nobody waits for its result.
+        drop(self.tx.take());
+    }
+}
+
 /// Reads `file` in [`crate::TRANSFER_CHUNK_SIZE`] chunks on a blocking thread and sends them to
-/// `tx`, hashing with SHA-256 as it goes when `checksum` is set. Chunk buffers come from `pool`;
-/// the consumer should give them back. Returns the size and the hex digest (empty without
-/// `checksum`), or `None` when reading failed (the error was sent) or the receiver went away.
+/// `tx`; with `checksum`, a [`HashThread`] hashes the same chunks meanwhile. Chunk buffers come
+/// from `pool`; the consumer hands them back with [`release`]. Returns the size and the hex
+/// digest (empty without `checksum`), or `None` when reading failed (the error was sent) or the
+/// receiver went away.
 #[must_use]
 pub fn read_chunks(
     mut file: std::fs::File,
     checksum: bool,
-    tx: &tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
+    tx: &tokio::sync::mpsc::Sender<io::Result<SharedChunk>>,
     pool: &BufferPool,
 ) -> Option<(u64, String)> {
-    use sha2::{Digest, Sha256};
     use std::io::Read;
-    let mut hasher = Sha256::new();
+    let hasher = if checksum {
+        match HashThread::spawn(pool.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return None;
+            }
+        }
+    } else {
+        None
+    };
     let mut size = 0u64;
     loop {
         let mut buf = pool.take(crate::TRANSFER_CHUNK_SIZE);
@@ -273,11 +353,7 @@ pub fn read_chunks(
         {
             Ok(0) => {
                 pool.put(buf);
-                let digest = if checksum {
-                    hex::encode(hasher.finalize())
-                } else {
-                    String::new()
-                };
+                let digest = hasher.map(HashThread::finish).unwrap_or_default();
                 return Some((size, digest));
             }
             Ok(n) => size += n as u64,
@@ -286,10 +362,11 @@ pub fn read_chunks(
                 return None;
             }
         }
-        if checksum {
-            hasher.update(&buf);
+        let chunk = Arc::new(buf);
+        if let Some(h) = &hasher {
+            h.feed(chunk.clone());
         }
-        if tx.blocking_send(Ok(buf)).is_err() {
+        if tx.blocking_send(Ok(chunk)).is_err() {
             return None;
         }
     }
@@ -416,6 +493,37 @@ mod tests {
         assert!(rd.read_frame().await.unwrap().is_none());
     }
 
+    #[test]
+    fn hash_thread_digests_the_stream_and_releases_each_chunk_after_its_last_user() {
+        let pool = BufferPool::new();
+        let h = HashThread::spawn(pool.clone()).unwrap();
+        let mut whole = Vec::new();
+        let mut held = Vec::new();
+        for i in 0..10u8 {
+            let mut buf = pool.take(DIRECT_READ_MIN);
+            buf.extend(pattern(DIRECT_READ_MIN + usize::from(i) * 1000, i));
+            whole.extend_from_slice(&buf);
+            let chunk = Arc::new(buf);
+            h.feed(chunk.clone());
+            held.push(chunk);
+        }
+        let digest = h.finish();
+        assert_eq!(digest, hex::encode(Sha256::digest(&whole)));
+        // The hasher is done, but the chunks are still held here: nothing went back yet.
+        assert_eq!(pool.idle(), 0);
+        for chunk in held {
+            release(&pool, chunk);
+        }
+        assert_eq!(
+            pool.idle(),
+            POOL_LIMIT,
+            "released by the last user, up to the limit"
+        );
+        // An empty stream has the digest of nothing.
+        let empty = HashThread::spawn(BufferPool::new()).unwrap().finish();
+        assert_eq!(empty, hex::encode(Sha256::digest(b"")));
+    }
+
     fn temp_file(name: &str, data: &[u8]) -> std::path::PathBuf {
         let path =
             std::env::temp_dir().join(format!("flick-proto-io-{}-{name}", std::process::id()));
@@ -442,8 +550,8 @@ mod tests {
                     let chunk = chunk.unwrap();
                     sizes.push(chunk.len());
                     got.extend_from_slice(&chunk);
-                    // Given back at once: the next chunk reuses it and must not show old bytes.
-                    pool.put(chunk);
+                    // Given back at once: a later chunk reuses it and must not show old bytes.
+                    release(&pool, chunk);
                 }
                 let (size, digest) = reader.await.unwrap().unwrap();
                 assert_eq!(size, len as u64);

@@ -9,7 +9,7 @@
 
 use super::{AgentClient, Conn, agent_error, io_error, protocol_error, read_error};
 use crate::error::{Error, ErrorCode, Result};
-use flick_proto::io::BufferPool;
+use flick_proto::io::{BufferPool, HashThread, SharedChunk, release};
 use flick_proto::{
     DataEnd, FileKind, Kind, Message, Request, Response, TRANSFER_CHUNK_SIZE, UploadRequest,
 };
@@ -151,7 +151,7 @@ async fn upload_on<R: AsyncRead + Unpin>(
 /// Uploads chunks produced (and hashed) by a blocking reader thread.
 async fn upload_chunks(
     conn: &mut Conn,
-    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<SharedChunk>>,
     reader: tokio::task::JoinHandle<Option<(u64, String)>>,
     pool: &BufferPool,
     req: UploadRequest,
@@ -174,7 +174,7 @@ async fn upload_chunks(
             .send_data(Kind::Data, &data)
             .await
             .map_err(|e| io_error("uploading", e))?;
-        pool.put(data);
+        release(pool, data);
     }
     let (size, read_digest) =
         reader.await.ok().flatten().ok_or_else(|| {
@@ -235,7 +235,8 @@ impl<W: AsyncWrite + Unpin> ChunkSink for HashingWriter<'_, W> {
     }
 }
 
-/// Hashes and writes a file on a blocking thread, in parallel with reading the socket.
+/// Writes a file on a blocking thread, in parallel with reading the socket, while a
+/// [`HashThread`] hashes the same chunks.
 struct FileSink {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     handle: tokio::task::JoinHandle<std::io::Result<(u64, String)>>,
@@ -246,23 +247,23 @@ impl FileSink {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let handle = tokio::task::spawn_blocking(move || {
             use std::io::Write;
-            let mut hasher = Sha256::new();
+            let hasher = if checksum {
+                Some(HashThread::spawn(pool.clone())?)
+            } else {
+                None
+            };
             let mut size = 0u64;
             while let Some(data) = rx.blocking_recv() {
-                if checksum {
-                    hasher.update(&data);
-                }
                 size += data.len() as u64;
-                file.write_all(&data)?;
-                pool.put(data);
+                let chunk = std::sync::Arc::new(data);
+                if let Some(h) = &hasher {
+                    h.feed(chunk.clone());
+                }
+                file.write_all(&chunk)?;
+                release(&pool, chunk);
             }
             file.flush()?;
-            let digest = if checksum {
-                hex::encode(hasher.finalize())
-            } else {
-                String::new()
-            };
-            Ok((size, digest))
+            Ok((size, hasher.map(HashThread::finish).unwrap_or_default()))
         });
         Self { tx, handle }
     }
