@@ -494,3 +494,65 @@ async fn malformed_known_digests_are_refused_before_anything_is_sent() {
     assert!(!work.path().join("back").exists());
     assert!(leftovers(work.path()).is_empty());
 }
+
+#[tokio::test]
+async fn a_write_error_in_the_middle_of_an_upload_is_coded_and_leaves_no_temp_file() {
+    // A real write failure: the agent runs with a 2 MiB file-size limit (SIGXFSZ ignored, so
+    // write(2) fails with EFBIG) and receives 8 MiB.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    // Killed on drop, also when an assertion fails.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = KillOnDrop(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"trap "" XFSZ; ulimit -f 4096; exec "$0" "$@""#)
+            .arg(agent_support::agent_bin())
+            .arg("--unix")
+            .arg(&socket)
+            .arg("--token")
+            .arg(agent_support::TOKEN)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = flick::agent::AgentClient::connect(
+        flick::agent::AgentTransport::Unix(socket.clone()),
+        agent_support::TOKEN,
+        std::time::Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let remote = path_str(&work.path().join("big"));
+    let data = pattern(8 << 20, 5);
+    for checksum in [true, false] {
+        let opts = UploadOptions {
+            skip_checksum: !checksum,
+            ..UploadOptions::default()
+        };
+        let e = client
+            .upload_reader(&mut &data[..], &remote, &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::AgentError, "{e}");
+        assert_eq!(agent_code(&e), "IO", "{e}");
+        assert_eq!(e.details().unwrap()["errno"], libc::EFBIG, "{e}");
+        assert!(!Path::new(&remote).exists());
+        assert!(leftovers(work.path()).is_empty());
+    }
+    // Within the limit the same agent still works.
+    let small = pattern(1 << 20, 6);
+    let up = client
+        .upload_reader(&mut &small[..], &remote, &UploadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(up.size, 1 << 20);
+    assert!(std::fs::read(&remote).unwrap() == small);
+}
