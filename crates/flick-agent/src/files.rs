@@ -293,6 +293,8 @@ where
         Ok(v) => v,
         Err(e) => (String::new(), 0, Some(io::Error::other(e.to_string()))),
     };
+    // The writer and its hasher are done: the connection keeps no chunk buffers.
+    rd.pool().clear();
     let result = finish_upload(&req, &mut tmp, &dest, digest, size, &end, write_err);
     // Remove a rejected temp file before answering, so the client never sees it.
     drop(tmp);

@@ -58,6 +58,13 @@ impl BufferPool {
         }
     }
 
+    /// Frees the idle buffers (a connection that stays open after a transfer keeps nothing).
+    pub fn clear(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            *idle = Vec::new();
+        }
+    }
+
     /// Number of idle buffers (for tests and diagnostics).
     pub fn idle(&self) -> usize {
         self.idle.lock().map_or(0, |idle| idle.len())
@@ -412,6 +419,8 @@ mod tests {
         let clone = pool.clone();
         let _ = clone.take(1);
         assert_eq!(pool.idle(), POOL_LIMIT - 1);
+        clone.clear();
+        assert_eq!(pool.idle(), 0);
     }
 
     #[tokio::test]

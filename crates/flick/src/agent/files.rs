@@ -449,6 +449,7 @@ impl AgentClient {
             pool: conn.rd.pool().clone(),
         };
         let result = download_on(&mut conn, remote, sink, true, None).await;
+        conn.rd.pool().clear();
         match result {
             Ok((r, _)) => {
                 self.give_back(conn);
@@ -488,8 +489,10 @@ impl AgentClient {
         let (mut conn, _) = self.checkout().await?;
         let sink = FileSink::new(tmp_file, !opts.skip_checksum, conn.rd.pool().clone());
         let agent_hashes = !opts.skip_checksum && known.is_none();
-        let (result, mode) =
-            download_on(&mut conn, remote, sink, agent_hashes, known.as_deref()).await?;
+        let outcome = download_on(&mut conn, remote, sink, agent_hashes, known.as_deref()).await;
+        // The sink has finished with its chunks: the pooled connection keeps no buffers.
+        conn.rd.pool().clear();
+        let (result, mode) = outcome?;
         self.give_back(conn);
         perms_handle
             .set_permissions(std::fs::Permissions::from_mode(mode))
