@@ -556,3 +556,47 @@ async fn a_write_error_in_the_middle_of_an_upload_is_coded_and_leaves_no_temp_fi
     assert_eq!(up.size, 1 << 20);
     assert!(std::fs::read(&remote).unwrap() == small);
 }
+
+#[tokio::test]
+async fn local_side_errors_are_coded_and_create_nothing_on_either_side() {
+    let agent = Agent::start();
+    let client = agent.client().await;
+    let work = tempfile::tempdir().unwrap();
+    let remote_dir = work.path().join("remote");
+    std::fs::create_dir(&remote_dir).unwrap();
+    let remote = path_str(&remote_dir.join("f"));
+
+    // A missing local source.
+    let e = client
+        .upload(
+            &work.path().join("missing"),
+            &remote,
+            &UploadOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::IoError, "{e}");
+    // A local directory given to the single-file upload.
+    let e = client
+        .upload(work.path(), &remote, &UploadOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+    assert_eq!(std::fs::read_dir(&remote_dir).unwrap().count(), 0);
+
+    // A download into a local directory that does not exist.
+    std::fs::write(&remote, b"content").unwrap();
+    let e = client
+        .download(&remote, &work.path().join("no/such/dir/f"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::IoError, "{e}");
+    assert!(!work.path().join("no").exists());
+    // The pooled connection still serves the next transfer.
+    let back = work.path().join("back");
+    let down = client.download(&remote, &back).await.unwrap();
+    assert_eq!(down.size, 7);
+    assert_eq!(std::fs::read(&back).unwrap(), b"content");
+    assert!(leftovers(work.path()).is_empty());
+    assert!(leftovers(&remote_dir).is_empty());
+}
