@@ -600,3 +600,55 @@ async fn local_side_errors_are_coded_and_create_nothing_on_either_side() {
     assert!(leftovers(work.path()).is_empty());
     assert!(leftovers(&remote_dir).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transfers_each_get_their_own_bytes_and_digest() {
+    // Eight uploads and then eight downloads at once, each on its own connection with its own
+    // buffers and hashing thread: no chunk may end up in another transfer.
+    let agent = Agent::start();
+    let client = std::sync::Arc::new(agent.client().await);
+    let work = tempfile::tempdir().unwrap();
+    let c = flick_proto::TRANSFER_CHUNK_SIZE;
+    let mut files = Vec::new();
+    for i in 0..8usize {
+        let data = pattern(2 * c + i * 4099, i as u8 + 100);
+        let src = work.path().join(format!("src-{i}"));
+        std::fs::write(&src, &data).unwrap();
+        files.push((
+            src,
+            path_str(&work.path().join(format!("remote-{i}"))),
+            data,
+        ));
+    }
+    let uploads: Vec<_> = files
+        .iter()
+        .map(|(src, remote, _)| {
+            let (client, src, remote) = (client.clone(), src.clone(), remote.clone());
+            tokio::spawn(async move {
+                client
+                    .upload(&src, &remote, &UploadOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    for ((_, remote, data), task) in files.iter().zip(uploads) {
+        let up = task.await.unwrap().unwrap();
+        assert_eq!(up.sha256, hex::encode(Sha256::digest(data)));
+        assert!(std::fs::read(remote).unwrap() == *data);
+    }
+    let downloads: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (_, remote, _))| {
+            let (client, remote) = (client.clone(), remote.clone());
+            let back = work.path().join(format!("back-{i}"));
+            tokio::spawn(async move { (client.download(&remote, &back).await, back) })
+        })
+        .collect();
+    for ((_, _, data), task) in files.iter().zip(downloads) {
+        let (down, back) = task.await.unwrap();
+        assert_eq!(down.unwrap().sha256, hex::encode(Sha256::digest(data)));
+        assert!(std::fs::read(back).unwrap() == *data);
+    }
+    assert!(leftovers(work.path()).is_empty());
+}
