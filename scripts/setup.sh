@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 root="${CARGO_HOME:-$HOME/.cargo}"
 cargo install --quiet --locked --path crates/flick-cli --root "$root"
+# flick-dns (egress by domain) and flick-wg (userspace WireGuard) run next to `flick`.
+cargo install --quiet --locked --path crates/flick --bins --root "$root"
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo install --quiet --locked --path crates/flick-agent --root "$root"
 cargo install --quiet --locked --path crates/flick-testkit --bin fc-double --root "$root"
-echo "installed: $root/bin/flick, $root/bin/flick-agent, $root/bin/fc-double" >&2
+echo "installed: flick, flick-dns, flick-wg, flick-agent, fc-double in $root/bin" >&2

@@ -2,14 +2,15 @@
 
 use crate::session::{Closed, bad_frame};
 use crate::wire::{FrameReader, FrameWriter};
+use flick_proto::io::{BufferPool, HashThread, SharedChunk, release};
 use flick_proto::{
     DataEnd, ErrorBody, FileInfo, FileKind, Kind, Message, Response, UploadRequest, codes,
 };
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -141,26 +142,42 @@ pub fn remove(path: &str, recursive: bool) -> Result<Response, ErrorBody> {
     Ok(Response::Ok)
 }
 
+/// Writes the received chunks to `file` while a [`HashThread`] hashes the same chunks (with
+/// `checksum`). Returns the digest (empty without `checksum`), the size and the first write
+/// error; after an error it keeps draining so the upload can be answered.
 fn write_chunks(
     mut file: fs::File,
     checksum: bool,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-) -> (Sha256, u64, Option<io::Error>) {
-    let mut hasher = Sha256::new();
+    pool: &BufferPool,
+) -> (String, u64, Option<io::Error>) {
     let mut size = 0u64;
     let mut err = None;
+    let hasher = if checksum {
+        HashThread::spawn(pool.clone())
+            .map_err(|e| err = Some(e))
+            .ok()
+    } else {
+        None
+    };
     while let Some(data) = rx.blocking_recv() {
-        if checksum {
-            hasher.update(&data);
-        }
         size += data.len() as u64;
+        let chunk = Arc::new(data);
+        if let Some(h) = &hasher {
+            h.feed(chunk.clone());
+        }
         if err.is_none()
-            && let Err(e) = file.write_all(&data)
+            && let Err(e) = file.write_all(&chunk)
         {
             err = Some(e);
         }
+        release(pool, chunk);
     }
-    (hasher, size, err)
+    (
+        hasher.map(HashThread::finish).unwrap_or_default(),
+        size,
+        err,
+    )
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -250,7 +267,8 @@ where
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let checksum = !req.skip_checksum;
-    let writer = tokio::task::spawn_blocking(move || write_chunks(file, checksum, rx));
+    let pool = rd.pool().clone();
+    let writer = tokio::task::spawn_blocking(move || write_chunks(file, checksum, rx, &pool));
     let end = loop {
         match rd.read_frame().await {
             Ok(Some(Message::Data(data))) => {
@@ -271,11 +289,13 @@ where
         }
     };
     drop(tx);
-    let (hasher, size, write_err) = match writer.await {
+    let (digest, size, write_err) = match writer.await {
         Ok(v) => v,
-        Err(e) => (Sha256::new(), 0, Some(io::Error::other(e.to_string()))),
+        Err(e) => (String::new(), 0, Some(io::Error::other(e.to_string()))),
     };
-    let result = finish_upload(&req, &mut tmp, &dest, hasher, size, &end, write_err);
+    // The writer and its hasher are done: the connection keeps no chunk buffers.
+    rd.pool().clear();
+    let result = finish_upload(&req, &mut tmp, &dest, digest, size, &end, write_err);
     // Remove a rejected temp file before answering, so the client never sees it.
     drop(tmp);
     let msg = match result {
@@ -289,7 +309,7 @@ fn finish_upload(
     req: &UploadRequest,
     tmp: &mut TempFile,
     dest: &Path,
-    hasher: Sha256,
+    digest: String,
     size: u64,
     end: &DataEnd,
     write_err: Option<io::Error>,
@@ -297,11 +317,6 @@ fn finish_upload(
     if let Some(e) = write_err {
         return Err(io_body("write", &req.path, &e));
     }
-    let digest = if req.skip_checksum {
-        String::new()
-    } else {
-        hex::encode(hasher.finalize())
-    };
     if size != end.size || !digest.eq_ignore_ascii_case(&end.sha256) {
         return Err(ErrorBody::new(
             codes::CHECKSUM_MISMATCH,
@@ -358,12 +373,18 @@ pub async fn download<W: AsyncWrite + Unpin>(
     }))
     .await
     .map_err(|_| Closed)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
-    let reader =
-        tokio::task::spawn_blocking(move || flick_proto::io::read_chunks(file, checksum, &tx));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<SharedChunk>>(4);
+    let pool = BufferPool::new();
+    let reader_pool = pool.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        flick_proto::io::read_chunks(file, checksum, &tx, &reader_pool)
+    });
     while let Some(chunk) = rx.recv().await {
         match chunk {
-            Ok(data) => wr.send_data(Kind::Data, &data).await.map_err(|_| Closed)?,
+            Ok(data) => {
+                wr.send_data(Kind::Data, &data).await.map_err(|_| Closed)?;
+                release(&pool, data);
+            }
             Err(e) => {
                 // The stream is mid-flight: an error frame ends it.
                 let _ = wr.send(&Message::Error(io_body("read", path, &e))).await;

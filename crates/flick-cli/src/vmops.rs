@@ -234,8 +234,13 @@ async fn create_steps(ctx: &Ctx, record: &mut VmRecord, spec: &CreateSpec) -> an
             host_device: None,
             policy: Some(policy.clone()),
         };
-        let iface = ctx
-            .with_network(async |net| net.add_vm(request).await)
+        let vm_id = id.clone();
+        let (iface, vm_net) = ctx
+            .with_network(async |net| {
+                let iface = net.add_vm(request).await?;
+                let vm_net = net.state().vms.get(&vm_id).cloned();
+                Ok((iface, vm_net))
+            })
             .await?;
         crash_point("create:network-added");
         boot_args.push(' ');
@@ -244,10 +249,7 @@ async fn create_steps(ctx: &Ctx, record: &mut VmRecord, spec: &CreateSpec) -> an
         nic.host_dev_name = Some(iface.host_device.clone());
         nic.guest_mac = Some(iface.lease.mac.clone());
         config = config.with_network_interface(nic);
-        record.network = Some(flick::net::host::VmNetwork {
-            interfaces: vec![iface],
-            policy: policy.clone(),
-        });
+        record.network = vm_net;
         ctx.store.save(record)?;
         crash_point("create:network-saved");
         if !spec.publish.is_empty() {
@@ -586,14 +588,16 @@ pub async fn restore(
                 host_device: None,
                 policy: Some(policy.clone()),
             };
-            let iface = ctx
-                .with_network(async |net| net.add_vm(request).await)
+            let vm_id = id.clone();
+            let (iface, vm_net) = ctx
+                .with_network(async |net| {
+                    let iface = net.add_vm(request).await?;
+                    let vm_net = net.state().vms.get(&vm_id).cloned();
+                    Ok((iface, vm_net))
+                })
                 .await?;
             taps.insert("eth0".to_string(), iface.host_device.clone());
-            record.network = Some(flick::net::host::VmNetwork {
-                interfaces: vec![iface],
-                policy: policy.clone(),
-            });
+            record.network = vm_net;
         }
         record.state = RecordState::Starting;
         ctx.store.save(&mut record)?;

@@ -582,3 +582,56 @@ fn published_ports_follow_their_vm() {
     );
     assert!(env.nft().trim().is_empty(), "{}", env.nft());
 }
+
+#[test]
+fn allow_domain_runs_a_resolver_for_the_vm_and_rm_stops_it() {
+    let env = Env::new();
+    let vm = env.json(&[
+        "create",
+        "--name",
+        "fenced",
+        "--allow-domain",
+        "example.com",
+        "--allow-domain",
+        "*.pypi.org",
+    ]);
+    let record = env.json(&["inspect", "fenced"]);
+    let net = &record["network"];
+    assert_eq!(
+        net["policy"]["allow_domains"],
+        json!(["example.com", "*.pypi.org"])
+    );
+    let pid = net["resolver"]["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("a resolver is recorded: {net:#}"));
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the resolver runs"
+    );
+    // The guest is told to use it (the kernel's `ip=` dns0 field).
+    let boot_args = record["config"]["boot_source"]["boot_args"]
+        .as_str()
+        .unwrap();
+    let gateway = net["interfaces"][0]["lease"]["gateway"].as_str().unwrap();
+    assert!(boot_args.contains(&format!(":{gateway}")), "{boot_args}");
+    assert!(
+        env.nft().contains("d_"),
+        "the VM's address set exists:\n{}",
+        env.nft()
+    );
+    assert_eq!(vm["state"], "running");
+    env.ok(&["rm", "-f", "fenced"]);
+    for _ in 0..100 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z"),
+        "the resolver stopped: {stat}"
+    );
+    assert!(env.nft().trim().is_empty());
+    assert!(env.links().is_empty());
+}

@@ -378,3 +378,224 @@ async fn connections_beyond_the_limit_are_told_busy() {
     c.health().await.unwrap();
     a.health().await.unwrap();
 }
+
+/// How the stand-in agent below ends a download.
+#[derive(Clone, Copy, Debug)]
+enum BadEnd {
+    /// `DataEnd` announces a digest that is not the one of the bytes sent.
+    WrongDigest,
+    /// `DataEnd` announces one byte more than was sent.
+    WrongSize,
+    /// An error frame in the middle of the stream (a read error in the guest).
+    ErrorFrame,
+    /// The connection drops in the middle of the stream.
+    Disconnect,
+}
+
+/// A stand-in agent on a real Unix socket that answers every download with `bytes` and then
+/// misbehaves as `end` says. Serves connections until the listener task is dropped.
+fn misbehaving_agent(socket: &Path, bytes: Vec<u8>, end: BadEnd) -> tokio::task::JoinHandle<()> {
+    use flick_proto::io::{FrameReader, FrameWriter};
+    use flick_proto::{DataEnd, ErrorBody, HelloOk, Kind, Request, Response};
+    use sha2::Digest;
+    let listener = UnixListener::bind(socket).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let bytes = bytes.clone();
+            tokio::spawn(async move {
+                let (r, w) = stream.into_split();
+                let (mut rd, mut wr) = (FrameReader::new(r), FrameWriter::new(w));
+                while let Ok(Some(msg)) = rd.read_frame().await {
+                    match msg {
+                        Message::Hello(_) => {
+                            let ok = HelloOk {
+                                version: PROTOCOL_VERSION,
+                                agent_version: "stand-in".into(),
+                            };
+                            wr.send(&Message::HelloOk(ok)).await.unwrap();
+                        }
+                        Message::Request(Request::Download { skip_checksum, .. }) => {
+                            let started = Response::DownloadStarted {
+                                size: bytes.len() as u64,
+                                mode: 0o600,
+                            };
+                            wr.send(&Message::Response(started)).await.unwrap();
+                            let half = bytes.len() / 2;
+                            wr.send_data(Kind::Data, &bytes[..half]).await.unwrap();
+                            let (size, mut sha256) = (
+                                bytes.len() as u64,
+                                hex::encode(sha2::Sha256::digest(&bytes)),
+                            );
+                            if skip_checksum {
+                                sha256.clear();
+                            }
+                            let last = match end {
+                                BadEnd::Disconnect => return,
+                                BadEnd::ErrorFrame => Message::Error(ErrorBody::new(
+                                    flick_proto::codes::IO,
+                                    "read /f: Input/output error",
+                                )),
+                                BadEnd::WrongDigest => Message::DataEnd(DataEnd {
+                                    size,
+                                    sha256: "ab".repeat(32),
+                                }),
+                                BadEnd::WrongSize => Message::DataEnd(DataEnd {
+                                    size: size + 1,
+                                    sha256,
+                                }),
+                            };
+                            wr.send_data(Kind::Data, &bytes[half..]).await.unwrap();
+                            wr.send(&last).await.unwrap();
+                        }
+                        other => panic!("the stand-in agent got {other:?}"),
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn downloads_that_do_not_add_up_are_reported_and_leave_nothing_behind() {
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+    let cases = [
+        (BadEnd::WrongDigest, false, ErrorCode::AgentProtocolError),
+        (BadEnd::WrongSize, false, ErrorCode::AgentProtocolError),
+        (BadEnd::WrongSize, true, ErrorCode::AgentProtocolError),
+        (BadEnd::ErrorFrame, false, ErrorCode::AgentError),
+        (BadEnd::Disconnect, false, ErrorCode::AgentConnectFailed),
+    ];
+    for (end, skip_checksum, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let server = misbehaving_agent(&socket, data.clone(), end);
+        let client = AgentClient::new(AgentTransport::Unix(socket), TOKEN);
+        let local = dir.path().join("local");
+        let opts = flick::agent::DownloadOptions {
+            skip_checksum,
+            ..Default::default()
+        };
+        let e = client
+            .download_with("/f", &local, &opts)
+            .await
+            .expect_err("a download that does not add up fails");
+        assert_eq!(e.code(), want, "{end:?}: {e}");
+        if matches!(end, BadEnd::ErrorFrame) {
+            assert_eq!(e.details().unwrap()["agent_code"], "IO");
+        }
+        // Neither the destination nor a temp file exists.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["agent.sock"], "{end:?}");
+        // The streaming variant reports the same failure.
+        if !skip_checksum {
+            let mut sink = Vec::new();
+            let e = client.download_writer("/f", &mut sink).await.unwrap_err();
+            assert_eq!(e.code(), want, "{end:?} (writer): {e}");
+        }
+        server.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_multi_chunk_upload_with_a_flipped_byte_or_short_size_is_rejected() {
+    use flick_proto::io::{FrameReader, FrameWriter};
+    use flick_proto::{DataEnd, Kind, Request, Response, UploadRequest};
+    use sha2::Digest;
+    let agent = Agent::start();
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("f");
+    std::fs::write(&target, b"original").unwrap();
+    let data: Vec<u8> = (0..(3 << 20) + 17u32).map(|i| (i % 253) as u8).collect();
+    let digest = hex::encode(sha2::Sha256::digest(&data));
+    // (bytes sent, announced size, announced digest)
+    let mut flipped = data.clone();
+    flipped[(3 << 20) / 2] ^= 0x40;
+    let cases = [
+        (flipped, data.len() as u64, digest.clone()),
+        (
+            data[..data.len() - 1].to_vec(),
+            data.len() as u64,
+            digest.clone(),
+        ),
+        (data.clone(), data.len() as u64 - 1, digest.clone()),
+    ];
+    let stream = UnixStream::connect(&agent.socket).await.unwrap();
+    let (r, w) = stream.into_split();
+    let (mut rd, mut wr) = (FrameReader::new(r), FrameWriter::new(w));
+    wr.send(&Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        token: TOKEN.into(),
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(
+        rd.read_frame().await,
+        Ok(Some(Message::HelloOk(_)))
+    ));
+    for (i, (bytes, size, sha256)) in cases.into_iter().enumerate() {
+        let req = UploadRequest {
+            path: target.to_str().unwrap().into(),
+            mode: None,
+            uid: None,
+            gid: None,
+            mkdirs: false,
+            skip_checksum: false,
+        };
+        wr.send(&Message::Request(Request::Upload(req)))
+            .await
+            .unwrap();
+        assert!(matches!(
+            rd.read_frame().await,
+            Ok(Some(Message::Response(Response::Ok)))
+        ));
+        for chunk in bytes.chunks(flick_proto::TRANSFER_CHUNK_SIZE) {
+            wr.send_data(Kind::Data, chunk).await.unwrap();
+        }
+        wr.send(&Message::DataEnd(DataEnd { size, sha256 }))
+            .await
+            .unwrap();
+        let answer = rd.read_frame().await.unwrap();
+        assert_eq!(error_code(answer), "CHECKSUM_MISMATCH", "case {i}");
+        // The destination is untouched and no temp file remains; the connection goes on.
+        assert_eq!(std::fs::read(&target).unwrap(), b"original", "case {i}");
+        assert_eq!(
+            std::fs::read_dir(work.path()).unwrap().count(),
+            1,
+            "case {i}"
+        );
+    }
+    // The right bytes on the same connection are accepted.
+    let req = UploadRequest {
+        path: target.to_str().unwrap().into(),
+        mode: None,
+        uid: None,
+        gid: None,
+        mkdirs: false,
+        skip_checksum: false,
+    };
+    wr.send(&Message::Request(Request::Upload(req)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        rd.read_frame().await,
+        Ok(Some(Message::Response(Response::Ok)))
+    ));
+    for chunk in data.chunks(flick_proto::TRANSFER_CHUNK_SIZE) {
+        wr.send_data(Kind::Data, chunk).await.unwrap();
+    }
+    wr.send(&Message::DataEnd(DataEnd {
+        size: data.len() as u64,
+        sha256: digest.clone(),
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(
+        rd.read_frame().await,
+        Ok(Some(Message::Response(Response::Uploaded { sha256, .. }))) if sha256 == digest
+    ));
+    assert!(std::fs::read(&target).unwrap() == data);
+}

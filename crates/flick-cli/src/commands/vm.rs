@@ -141,16 +141,11 @@ fn policy(args: &CreateArgs) -> anyhow::Result<Option<EgressPolicy>> {
         )
         .into());
     }
-    if !args.allow_domain.is_empty() {
-        return Err(Error::new(
-            ErrorCode::HostUnsupported,
-            "--allow-domain needs the domain resolver, which this build does not include",
-        )
-        .into());
-    }
     let policy = EgressPolicy {
         rules,
         default_action: Some(default_action),
+        allow_domains: args.allow_domain.clone(),
+        ..EgressPolicy::default()
     };
     policy.compile()?;
     Ok(Some(policy))

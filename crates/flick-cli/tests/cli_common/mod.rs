@@ -121,6 +121,10 @@ impl Env {
             )
             .env("FLICK_AGENT_TOKEN", TOKEN)
             .env(
+                "FLICK_DNS_HELPER",
+                flick_testkit::workspace_binary("flick", "flick-dns"),
+            )
+            .env(
                 "FC_DOUBLE_VSOCK_PORTS",
                 format!("1024={}", self.agent_socket.display()),
             )

@@ -1,9 +1,18 @@
 //! File transfer: uploads (streamed, checked by SHA-256, renamed into place by the agent),
 //! downloads (streamed, checked, written to a temp file renamed into place), whole directories.
+//!
+//! By default both ends hash every byte: the sender announces the digest of what it read, the
+//! receiver compares it with the digest of what it got. When the caller already knows the
+//! digest of the content (`UploadOptions::sha256`, `DownloadOptions::sha256`), the sender's
+//! pass is skipped and the receiver checks against the known digest instead: half the hashing,
+//! the same guarantee (the file lands only if its bytes hash to that digest).
 
 use super::{AgentClient, Conn, agent_error, io_error, protocol_error, read_error};
 use crate::error::{Error, ErrorCode, Result};
-use flick_proto::{CHUNK_SIZE, DataEnd, FileKind, Kind, Message, Request, Response, UploadRequest};
+use flick_proto::io::{BufferPool, HashThread, SharedChunk, release};
+use flick_proto::{
+    DataEnd, FileKind, Kind, Message, Request, Response, TRANSFER_CHUNK_SIZE, UploadRequest,
+};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -23,13 +32,48 @@ pub struct UploadOptions {
     /// Check only the size, not the SHA-256 (faster on slow CPUs; the temp-file-and-rename
     /// guarantee stays).
     pub skip_checksum: bool,
+    /// The known SHA-256 of the content (hex). The source is then not hashed on the host; the
+    /// agent hashes what it receives and rejects the upload (`AGENT_ERROR` with agent code
+    /// `CHECKSUM_MISMATCH`, nothing left behind) unless it matches.
+    pub sha256: Option<String>,
 }
 
 /// Options of a download.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DownloadOptions {
     /// Check only the size, not the SHA-256.
     pub skip_checksum: bool,
+    /// The expected SHA-256 of the guest file (hex). The agent then does not hash; the host
+    /// hashes what it receives and fails (`AGENT_ERROR` with agent code `CHECKSUM_MISMATCH`,
+    /// nothing left behind) unless it matches.
+    pub sha256: Option<String>,
+}
+
+/// Checks a caller-supplied digest and returns it in lowercase.
+fn known_digest(sha256: Option<&str>, skip_checksum: bool) -> Result<Option<String>> {
+    let Some(hex_digest) = sha256 else {
+        return Ok(None);
+    };
+    if skip_checksum {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            "a known sha256 and skip_checksum exclude each other",
+        ));
+    }
+    if hex_digest.len() != 64 || !hex_digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("{hex_digest:?} is not a SHA-256 digest (64 hex digits)"),
+        ));
+    }
+    Ok(Some(hex_digest.to_ascii_lowercase()))
+}
+
+fn checksum_mismatch(message: String) -> Error {
+    agent_error(flick_proto::ErrorBody::new(
+        flick_proto::codes::CHECKSUM_MISMATCH,
+        message,
+    ))
 }
 
 /// Size and SHA-256 of a completed, verified transfer.
@@ -49,9 +93,10 @@ async fn upload_on<R: AsyncRead + Unpin>(
     conn: &mut Conn,
     reader: &mut R,
     req: UploadRequest,
+    known: Option<String>,
 ) -> Result<TransferResult> {
     let path = req.path.clone();
-    let checksum = !req.skip_checksum;
+    let checksum = !req.skip_checksum && known.is_none();
     conn.send(
         &Message::Request(Request::Upload(req)),
         "starting an upload",
@@ -63,7 +108,7 @@ async fn upload_on<R: AsyncRead + Unpin>(
     }
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    let mut buf = vec![0u8; CHUNK_SIZE];
+    let mut buf = vec![0u8; TRANSFER_CHUNK_SIZE];
     loop {
         let n = reader.read(&mut buf).await.map_err(|e| {
             Error::new(ErrorCode::IoError, format!("reading the source of {path}")).with_source(e)
@@ -80,10 +125,10 @@ async fn upload_on<R: AsyncRead + Unpin>(
             .await
             .map_err(|e| io_error("uploading", e))?;
     }
-    let sha256 = if checksum {
-        hex::encode(hasher.finalize())
-    } else {
-        String::new()
+    let sha256 = match known {
+        Some(known) => known,
+        None if checksum => hex::encode(hasher.finalize()),
+        None => String::new(),
     };
     conn.send(
         &Message::DataEnd(DataEnd {
@@ -106,9 +151,11 @@ async fn upload_on<R: AsyncRead + Unpin>(
 /// Uploads chunks produced (and hashed) by a blocking reader thread.
 async fn upload_chunks(
     conn: &mut Conn,
-    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<SharedChunk>>,
     reader: tokio::task::JoinHandle<Option<(u64, String)>>,
+    pool: &BufferPool,
     req: UploadRequest,
+    known: Option<String>,
     local: &Path,
 ) -> Result<TransferResult> {
     let path = req.path.clone();
@@ -127,11 +174,13 @@ async fn upload_chunks(
             .send_data(Kind::Data, &data)
             .await
             .map_err(|e| io_error("uploading", e))?;
+        release(pool, data);
     }
-    let (size, sha256) =
+    let (size, read_digest) =
         reader.await.ok().flatten().ok_or_else(|| {
             Error::new(ErrorCode::IoError, format!("reading {}", local.display()))
         })?;
+    let sha256 = known.unwrap_or(read_digest);
     conn.send(
         &Message::DataEnd(DataEnd {
             size,
@@ -161,6 +210,7 @@ struct HashingWriter<'a, W> {
     writer: &'a mut W,
     hasher: Option<Sha256>,
     size: u64,
+    pool: BufferPool,
 }
 
 impl<W: AsyncWrite + Unpin> ChunkSink for HashingWriter<'_, W> {
@@ -169,7 +219,9 @@ impl<W: AsyncWrite + Unpin> ChunkSink for HashingWriter<'_, W> {
             h.update(&data);
         }
         self.size += data.len() as u64;
-        self.writer.write_all(&data).await
+        self.writer.write_all(&data).await?;
+        self.pool.put(data);
+        Ok(())
     }
 
     async fn finish(self) -> std::io::Result<(u64, String)> {
@@ -183,33 +235,35 @@ impl<W: AsyncWrite + Unpin> ChunkSink for HashingWriter<'_, W> {
     }
 }
 
-/// Hashes and writes a file on a blocking thread, in parallel with reading the socket.
+/// Writes a file on a blocking thread, in parallel with reading the socket, while a
+/// [`HashThread`] hashes the same chunks.
 struct FileSink {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     handle: tokio::task::JoinHandle<std::io::Result<(u64, String)>>,
 }
 
 impl FileSink {
-    fn new(mut file: std::fs::File, checksum: bool) -> Self {
+    fn new(mut file: std::fs::File, checksum: bool, pool: BufferPool) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let handle = tokio::task::spawn_blocking(move || {
             use std::io::Write;
-            let mut hasher = Sha256::new();
+            let hasher = if checksum {
+                Some(HashThread::spawn(pool.clone())?)
+            } else {
+                None
+            };
             let mut size = 0u64;
             while let Some(data) = rx.blocking_recv() {
-                if checksum {
-                    hasher.update(&data);
-                }
                 size += data.len() as u64;
-                file.write_all(&data)?;
+                let chunk = std::sync::Arc::new(data);
+                if let Some(h) = &hasher {
+                    h.feed(chunk.clone());
+                }
+                file.write_all(&chunk)?;
+                release(&pool, chunk);
             }
             file.flush()?;
-            let digest = if checksum {
-                hex::encode(hasher.finalize())
-            } else {
-                String::new()
-            };
-            Ok((size, digest))
+            Ok((size, hasher.map(HashThread::finish).unwrap_or_default()))
         });
         Self { tx, handle }
     }
@@ -232,15 +286,18 @@ impl ChunkSink for FileSink {
     }
 }
 
+/// Runs a download into `sink`. The agent hashes when `agent_hashes`; with a `known` digest,
+/// what the sink computed must equal it.
 async fn download_on<S: ChunkSink>(
     conn: &mut Conn,
     remote: &str,
     mut sink: S,
-    checksum: bool,
+    agent_hashes: bool,
+    known: Option<&str>,
 ) -> Result<(TransferResult, u32)> {
     let req = Request::Download {
         path: remote.to_owned(),
-        skip_checksum: !checksum,
+        skip_checksum: !agent_hashes,
     };
     conn.send(&Message::Request(req), "starting a download")
         .await?;
@@ -282,7 +339,7 @@ async fn download_on<S: ChunkSink>(
                     return Err(write_err(finished.err().unwrap_or(e)));
                 }
                 let (size, sha256) = finished.map_err(write_err)?;
-                if end.size != size || end.sha256 != sha256 {
+                if end.size != size || (agent_hashes && end.sha256 != sha256) {
                     return Err(Error::new(
                         ErrorCode::AgentProtocolError,
                         format!(
@@ -291,6 +348,14 @@ async fn download_on<S: ChunkSink>(
                             end.size, end.sha256
                         ),
                     ));
+                }
+                if let Some(known) = known
+                    && known != sha256
+                {
+                    return Err(checksum_mismatch(format!(
+                        "download of {remote}: received {size} bytes with sha256 {sha256}, \
+                         expected sha256 {known}"
+                    )));
                 }
                 return Ok((TransferResult { size, sha256 }, mode));
             }
@@ -322,8 +387,9 @@ impl AgentClient {
             mkdirs: opts.mkdirs,
             skip_checksum: opts.skip_checksum,
         };
+        let known = known_digest(opts.sha256.as_deref(), opts.skip_checksum)?;
         let (mut conn, _) = self.checkout().await?;
-        let result = upload_on(&mut conn, reader, req).await;
+        let result = upload_on(&mut conn, reader, req, known).await;
         if result.is_ok() {
             self.give_back(conn);
         }
@@ -337,6 +403,7 @@ impl AgentClient {
         remote: &str,
         opts: &UploadOptions,
     ) -> Result<TransferResult> {
+        let known = known_digest(opts.sha256.as_deref(), opts.skip_checksum)?;
         let file = std::fs::File::open(local).map_err(|e| local_io("open", local, e))?;
         let meta = file.metadata().map_err(|e| local_io("stat", local, e))?;
         if meta.is_dir() {
@@ -353,12 +420,15 @@ impl AgentClient {
             mkdirs: opts.mkdirs,
             skip_checksum: opts.skip_checksum,
         };
-        let checksum = !opts.skip_checksum;
+        let checksum = !opts.skip_checksum && known.is_none();
         let (mut conn, _) = self.checkout().await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let reader =
-            tokio::task::spawn_blocking(move || flick_proto::io::read_chunks(file, checksum, &tx));
-        let result = upload_chunks(&mut conn, rx, reader, req, local).await;
+        let pool = BufferPool::new();
+        let reader_pool = pool.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            flick_proto::io::read_chunks(file, checksum, &tx, &reader_pool)
+        });
+        let result = upload_chunks(&mut conn, rx, reader, &pool, req, known, local).await;
         if result.is_ok() {
             self.give_back(conn);
         }
@@ -376,8 +446,10 @@ impl AgentClient {
             writer,
             hasher: Some(Sha256::new()),
             size: 0,
+            pool: conn.rd.pool().clone(),
         };
-        let result = download_on(&mut conn, remote, sink, true).await;
+        let result = download_on(&mut conn, remote, sink, true, None).await;
+        conn.rd.pool().clear();
         match result {
             Ok((r, _)) => {
                 self.give_back(conn);
@@ -390,7 +462,7 @@ impl AgentClient {
     /// Downloads a guest file to `local` (temp file in the same directory, renamed into place
     /// after the checksum matched; the guest file's permission bits are kept).
     pub async fn download(&self, remote: &str, local: &Path) -> Result<TransferResult> {
-        self.download_with(remote, local, DownloadOptions::default())
+        self.download_with(remote, local, &DownloadOptions::default())
             .await
     }
 
@@ -399,8 +471,9 @@ impl AgentClient {
         &self,
         remote: &str,
         local: &Path,
-        opts: DownloadOptions,
+        opts: &DownloadOptions,
     ) -> Result<TransferResult> {
+        let known = known_digest(opts.sha256.as_deref(), opts.skip_checksum)?;
         let parent = local
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -414,13 +487,12 @@ impl AgentClient {
             .try_clone()
             .map_err(|e| local_io("open", &tmp_path, e))?;
         let (mut conn, _) = self.checkout().await?;
-        let (result, mode) = download_on(
-            &mut conn,
-            remote,
-            FileSink::new(tmp_file, !opts.skip_checksum),
-            !opts.skip_checksum,
-        )
-        .await?;
+        let sink = FileSink::new(tmp_file, !opts.skip_checksum, conn.rd.pool().clone());
+        let agent_hashes = !opts.skip_checksum && known.is_none();
+        let outcome = download_on(&mut conn, remote, sink, agent_hashes, known.as_deref()).await;
+        // The sink has finished with its chunks: the pooled connection keeps no buffers.
+        conn.rd.pool().clear();
+        let (result, mode) = outcome?;
         self.give_back(conn);
         perms_handle
             .set_permissions(std::fs::Permissions::from_mode(mode))
