@@ -450,3 +450,51 @@ fn get_rejects_ambiguous_prefixes_and_parses_platforms() {
         ErrorCode::NotFound
     );
 }
+
+#[tokio::test]
+async fn compressed_archives_import() {
+    let (dir, store) = store();
+    let image = Image::new(
+        vec![Layer::new().file("hello", b"compressed").gzip()],
+        json!({ "Cmd": ["/hello"] }),
+    );
+    let plain = dir.path().join("save.tar");
+    docker_save_legacy(&plain, &image, "zipped/app:gz");
+    let raw = std::fs::read(&plain).unwrap();
+    let gz_path = dir.path().join("save.tar.gz");
+    {
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz_path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        enc.write_all(&raw).unwrap();
+        enc.finish().unwrap();
+    }
+    let zst_path = dir.path().join("layout.tar.zst");
+    let layout_tar = dir.path().join("layout.tar");
+    write_tar(&layout_tar, &oci_layout_files(&[&image], None));
+    std::fs::write(
+        &zst_path,
+        zstd::encode_all(&std::fs::read(&layout_tar).unwrap()[..], 3).unwrap(),
+    )
+    .unwrap();
+
+    let a = store
+        .import(&gz_path, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(a.reference, "docker.io/zipped/app:gz");
+    assert_eq!(a.config.command(&[]), ["/hello"]);
+    let b = store
+        .import_as(
+            &zst_path,
+            Some("zipped/app:zst"),
+            &PullOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.digest, image.digest());
+    assert_eq!(store.list().unwrap().len(), 2);
+}
