@@ -498,3 +498,43 @@ async fn compressed_archives_import() {
     assert_eq!(b.digest, image.digest());
     assert_eq!(store.list().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn prune_clears_stale_scratch_and_missing_layers_fail_cleanly() {
+    let (dir, store) = store();
+    let image = Image::new(vec![Layer::new().file("f", b"1").gzip()], json!({}));
+    let layout = dir.path().join("layout");
+    write_dir(&layout, &oci_layout_files(&[&image], None));
+    let record = store
+        .import_as(
+            &layout,
+            Some("gone:1"),
+            &PullOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    // A scratch directory left by a crashed run.
+    let stale = store.root().join("tmp/build-deadbeef-1-2");
+    std::fs::create_dir_all(stale.join("tree/etc")).unwrap();
+    std::fs::write(stale.join("tree/etc/x"), b"x").unwrap();
+    let report = store.prune().unwrap();
+    assert_eq!(report.scratch, vec![stale.clone()]);
+    assert!(!stale.exists());
+    assert!(
+        report.blobs.is_empty(),
+        "the image is still referenced: {report:?}"
+    );
+
+    store.remove("gone:1").unwrap();
+    let report = store.prune().unwrap();
+    assert_eq!(report.blobs.len(), 3, "manifest, config, layer: {report:?}");
+    assert!(report.freed_bytes > 0);
+    // A stale record handle whose layers were pruned fails with a code and leaves nothing.
+    let err = store
+        .rootfs(&record, RootfsFormat::Squashfs, &NoProgress)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ImagePullFailed, "{err}");
+    assert_eq!(store_files(store.root()), Vec::<std::path::PathBuf>::new());
+}
