@@ -33,6 +33,7 @@ fn sample_image() -> Image {
         .symlink("usr/bin/sh", "/bin/busybox")
         .device("dev/console", tar::EntryType::Char, 5, 1)
         .file_owned("home/user/.profile", b"export X=1\n", 0o640, 1000, 1000)
+        .file_xattr("usr/bin/ping", b"ping", &[("user.flick", b"net_raw")])
         .gzip();
     let top = Layer::new()
         .whiteout("etc", "old")
@@ -135,6 +136,11 @@ async fn oci_layout_dir_to_ext4_and_squashfs() {
     let big = debugfs(&ext4, "stat /opt/big.bin");
     assert!(big.contains(&format!("Size: {}", 3 << 20)), "{big}");
     assert_eq!(debugfs_cat(&ext4, "/var/cache/fresh"), b"fresh");
+    let xattrs = debugfs(&ext4, "ea_list /usr/bin/ping");
+    assert!(
+        xattrs.contains("user.flick") && xattrs.contains("net_raw"),
+        "{xattrs}"
+    );
     // Mount points a guest needs exist.
     let root = debugfs(&ext4, "ls /");
     for d in ["proc", "sys", "dev", "tmp", "run"] {
@@ -168,6 +174,27 @@ async fn oci_layout_dir_to_ext4_and_squashfs() {
         "{listing}"
     );
     assert!(!listing.contains(".wh."), "{listing}");
+    // Extract it back (as root, with xattrs) and compare file contents and attributes.
+    let back = dir.path().join("unsquashed");
+    let out = std::process::Command::new("unsquashfs")
+        .arg("-q")
+        .arg("-d")
+        .arg(&back)
+        .arg(&sqfs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(back.join("var/cache/fresh")).unwrap(),
+        b"fresh"
+    );
+    let mut value = [0u8; 16];
+    let n = rustix::fs::getxattr(back.join("usr/bin/ping"), "user.flick", &mut value).unwrap();
+    assert_eq!(&value[..n], b"net_raw");
+    assert_eq!(
+        std::fs::metadata(back.join("opt/big.bin")).unwrap().len(),
+        3 << 20
+    );
 }
 
 #[tokio::test]
