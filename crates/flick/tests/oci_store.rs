@@ -33,6 +33,7 @@ fn sample_image() -> Image {
         .symlink("usr/bin/sh", "/bin/busybox")
         .device("dev/console", tar::EntryType::Char, 5, 1)
         .file_owned("home/user/.profile", b"export X=1\n", 0o640, 1000, 1000)
+        .file_xattr("usr/bin/ping", b"ping", &[("user.flick", b"net_raw")])
         .gzip();
     let top = Layer::new()
         .whiteout("etc", "old")
@@ -135,6 +136,11 @@ async fn oci_layout_dir_to_ext4_and_squashfs() {
     let big = debugfs(&ext4, "stat /opt/big.bin");
     assert!(big.contains(&format!("Size: {}", 3 << 20)), "{big}");
     assert_eq!(debugfs_cat(&ext4, "/var/cache/fresh"), b"fresh");
+    let xattrs = debugfs(&ext4, "ea_list /usr/bin/ping");
+    assert!(
+        xattrs.contains("user.flick") && xattrs.contains("net_raw"),
+        "{xattrs}"
+    );
     // Mount points a guest needs exist.
     let root = debugfs(&ext4, "ls /");
     for d in ["proc", "sys", "dev", "tmp", "run"] {
@@ -168,6 +174,27 @@ async fn oci_layout_dir_to_ext4_and_squashfs() {
         "{listing}"
     );
     assert!(!listing.contains(".wh."), "{listing}");
+    // Extract it back (as root, with xattrs) and compare file contents and attributes.
+    let back = dir.path().join("unsquashed");
+    let out = std::process::Command::new("unsquashfs")
+        .arg("-q")
+        .arg("-d")
+        .arg(&back)
+        .arg(&sqfs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(back.join("var/cache/fresh")).unwrap(),
+        b"fresh"
+    );
+    let mut value = [0u8; 16];
+    let n = rustix::fs::getxattr(back.join("usr/bin/ping"), "user.flick", &mut value).unwrap();
+    assert_eq!(&value[..n], b"net_raw");
+    assert_eq!(
+        std::fs::metadata(back.join("opt/big.bin")).unwrap().len(),
+        3 << 20
+    );
 }
 
 #[tokio::test]
@@ -449,4 +476,92 @@ fn get_rejects_ambiguous_prefixes_and_parses_platforms() {
         store.remove("abcd").unwrap_err().code(),
         ErrorCode::NotFound
     );
+}
+
+#[tokio::test]
+async fn compressed_archives_import() {
+    let (dir, store) = store();
+    let image = Image::new(
+        vec![Layer::new().file("hello", b"compressed").gzip()],
+        json!({ "Cmd": ["/hello"] }),
+    );
+    let plain = dir.path().join("save.tar");
+    docker_save_legacy(&plain, &image, "zipped/app:gz");
+    let raw = std::fs::read(&plain).unwrap();
+    let gz_path = dir.path().join("save.tar.gz");
+    {
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz_path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        enc.write_all(&raw).unwrap();
+        enc.finish().unwrap();
+    }
+    let zst_path = dir.path().join("layout.tar.zst");
+    let layout_tar = dir.path().join("layout.tar");
+    write_tar(&layout_tar, &oci_layout_files(&[&image], None));
+    std::fs::write(
+        &zst_path,
+        zstd::encode_all(&std::fs::read(&layout_tar).unwrap()[..], 3).unwrap(),
+    )
+    .unwrap();
+
+    let a = store
+        .import(&gz_path, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(a.reference, "docker.io/zipped/app:gz");
+    assert_eq!(a.config.command(&[]), ["/hello"]);
+    let b = store
+        .import_as(
+            &zst_path,
+            Some("zipped/app:zst"),
+            &PullOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.digest, image.digest());
+    assert_eq!(store.list().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn prune_clears_stale_scratch_and_missing_layers_fail_cleanly() {
+    let (dir, store) = store();
+    let image = Image::new(vec![Layer::new().file("f", b"1").gzip()], json!({}));
+    let layout = dir.path().join("layout");
+    write_dir(&layout, &oci_layout_files(&[&image], None));
+    let record = store
+        .import_as(
+            &layout,
+            Some("gone:1"),
+            &PullOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    // A scratch directory left by a crashed run.
+    let stale = store.root().join("tmp/build-deadbeef-1-2");
+    std::fs::create_dir_all(stale.join("tree/etc")).unwrap();
+    std::fs::write(stale.join("tree/etc/x"), b"x").unwrap();
+    let report = store.prune().unwrap();
+    assert_eq!(report.scratch, vec![stale.clone()]);
+    assert!(!stale.exists());
+    assert!(
+        report.blobs.is_empty(),
+        "the image is still referenced: {report:?}"
+    );
+
+    store.remove("gone:1").unwrap();
+    let report = store.prune().unwrap();
+    assert_eq!(report.blobs.len(), 3, "manifest, config, layer: {report:?}");
+    assert!(report.freed_bytes > 0);
+    // A stale record handle whose layers were pruned fails with a code and leaves nothing.
+    let err = store
+        .rootfs(&record, RootfsFormat::Squashfs, &NoProgress)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ImagePullFailed, "{err}");
+    assert_eq!(store_files(store.root()), Vec::<std::path::PathBuf>::new());
 }

@@ -110,6 +110,17 @@ impl RootfsFormat {
     }
 }
 
+impl From<RootfsFormat> for super::RootfsType {
+    /// The base-image rootfs type with the same filesystem, for its boot arguments
+    /// ([`RootfsType::default_boot_args`](super::RootfsType::default_boot_args)).
+    fn from(format: RootfsFormat) -> Self {
+        match format {
+            RootfsFormat::Ext4 => Self::Ext4,
+            RootfsFormat::Squashfs => Self::Squashfs,
+        }
+    }
+}
+
 /// What an image runs: the runtime part of its config.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageConfig {
@@ -1145,6 +1156,14 @@ mod tests {
             cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
             ..ImageConfig::default()
         }
+    }
+
+    #[test]
+    fn formats_map_to_rootfs_types() {
+        use crate::image::RootfsType;
+        assert_eq!(RootfsType::from(RootfsFormat::Ext4), RootfsType::Ext4);
+        assert!(RootfsType::from(RootfsFormat::Squashfs).is_read_only());
+        assert_eq!(RootfsFormat::Squashfs.as_str(), "squashfs");
     }
 
     #[test]
