@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 static BUILT: OnceLock<PathBuf> = OnceLock::new();
+static BUILT_JAILER: OnceLock<PathBuf> = OnceLock::new();
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Path of the built `fc-double` binary.
@@ -36,13 +37,26 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 /// # Panics
 /// When the binary cannot be found or built: a test cannot run without it.
 pub fn fc_double_path() -> PathBuf {
-    if let Some(path) = BUILT.get() {
+    bin_path(&BUILT, "fc-double")
+}
+
+/// Path of the built `jailer-double` binary (the jailer test double, see its module docs),
+/// found and kept up to date like [`fc_double_path`].
+///
+/// # Panics
+/// When the binary cannot be found or built.
+pub fn jailer_double_path() -> PathBuf {
+    bin_path(&BUILT_JAILER, "jailer-double")
+}
+
+fn bin_path(cell: &OnceLock<PathBuf>, name: &str) -> PathBuf {
+    if let Some(path) = cell.get() {
         return path.clone();
     }
     let _guard = BUILD_LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(path) = BUILT.get() {
+    if let Some(path) = cell.get() {
         return path.clone();
     }
     let exe = std::env::current_exe().expect("the test executable has a path");
@@ -53,19 +67,20 @@ pub fn fc_double_path() -> PathBuf {
     if profile_dir.ends_with("deps") {
         profile_dir.pop();
     }
-    let candidate = profile_dir.join("fc-double");
+    let candidate = profile_dir.join(name);
     let cargo = std::env::var("CARGO").ok();
     if cargo.is_some() || !candidate.exists() {
         build(
             cargo.as_deref().unwrap_or("cargo"),
             &profile_dir,
             &candidate,
+            name,
         );
     }
-    BUILT.get_or_init(|| candidate).clone()
+    cell.get_or_init(|| candidate).clone()
 }
 
-fn build(cargo: &str, profile_dir: &Path, candidate: &Path) {
+fn build(cargo: &str, profile_dir: &Path, candidate: &Path, name: &str) {
     let profile = profile_dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -81,23 +96,23 @@ fn build(cargo: &str, profile_dir: &Path, candidate: &Path) {
         "-p",
         "flick-testkit",
         "--bin",
-        "fc-double",
+        name,
         "--target-dir",
     ])
     .arg(&target_dir);
     if profile != "debug" {
         cmd.args(["--profile", &profile]);
     }
-    let out = cmd.output().expect("running cargo to build fc-double");
+    let out = cmd.output().expect("running cargo to build a test double");
     assert!(
         out.status.success(),
-        "building fc-double failed ({}):\n{}",
+        "building {name} failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         candidate.exists(),
-        "fc-double was built but is not at {}",
+        "{name} was built but is not at {}",
         candidate.display()
     );
 }

@@ -2,7 +2,7 @@
 //!
 //! | call | removes |
 //! |---|---|
-//! | [`MicroVm::cleanup`] | the VM's Firecracker process group, its runtime dir (API and vsock sockets, logs, staged drives) |
+//! | [`MicroVm::cleanup`] | the VM's Firecracker process group, its runtime dir (API and vsock sockets, logs, staged drives); with a jailer, its jail and cgroup |
 //! | [`Host::remove_vm`] | the same, and forgets the VM |
 //! | [`Host::stop_all`] | nothing: stops every VM (in parallel) and keeps their runtime dirs for inspection |
 //! | [`Host::cleanup`] | every VM as `remove_vm` does, in parallel, then the view mount point this host made |
@@ -30,6 +30,7 @@ use crate::image::{
 };
 use crate::runtime::staging::{allocated_bytes, stage_file};
 use crate::runtime::{RuntimeDir, default_runtime_root};
+use crate::vm::jailer::JailerOptions;
 use crate::vm::microvm::{
     RestoredParts, StagedDrive, StopOutcome, VmRuntimeOptions, fc_path, spawn_firecracker, wait_api,
 };
@@ -91,6 +92,9 @@ pub struct HostOptions {
     pub firecracker_args: Vec<OsString>,
     /// Where releases, the CI bucket and release downloads are fetched from.
     pub endpoints: Endpoints,
+    /// Run every VM's Firecracker through the `jailer` (per VM:
+    /// [`Host::create_vm_with_jailer`]).
+    pub jailer: Option<JailerOptions>,
 }
 
 impl HostOptions {
@@ -108,6 +112,7 @@ impl HostOptions {
             firecracker_env: Vec::new(),
             firecracker_args: Vec::new(),
             endpoints: Endpoints::default(),
+            jailer: None,
         }
     }
 }
@@ -148,8 +153,14 @@ impl Host {
     ///
     /// # Errors
     /// [`ErrorCode::IoError`] when the runtime root cannot be created;
-    /// [`ErrorCode::HostUnsupported`] for [`ViewMode::On`] without root.
+    /// [`ErrorCode::HostUnsupported`] for [`ViewMode::On`] without root;
+    /// [`ErrorCode::InvalidConfig`] for bad jailer options (nothing is created then).
     pub fn new(options: HostOptions) -> Result<Self> {
+        if let (Some(jailer), FirecrackerBinary::Path(bin)) =
+            (&options.jailer, &options.firecracker)
+        {
+            jailer.validate(bin)?;
+        }
         let runtime_root = options
             .runtime_dir
             .clone()
@@ -271,6 +282,7 @@ impl Host {
             client: self.options.client,
             env: self.options.firecracker_env.clone(),
             extra_args: self.options.firecracker_args.clone(),
+            jailer: self.options.jailer.clone(),
         })
     }
 
@@ -307,6 +319,35 @@ impl Host {
             ));
         }
         let vm = MicroVm::new(id, config, self.vm_options().await?)?;
+        self.insert(Arc::new(vm))
+    }
+
+    /// Defines a VM whose Firecracker runs through this jailer (`Some`) or directly (`None`),
+    /// whatever the host's default.
+    ///
+    /// # Errors
+    /// As [`create_vm`](Self::create_vm); [`ErrorCode::InvalidConfig`] for bad jailer options
+    /// or a config a jailed Firecracker cannot use.
+    pub async fn create_vm_with_jailer(
+        &self,
+        id: impl Into<String>,
+        config: VmConfig,
+        jailer: Option<JailerOptions>,
+    ) -> Result<Arc<MicroVm>> {
+        let id = id.into();
+        crate::runtime::sanitize_vm_id(&id)?;
+        if self.lock().contains_key(&id) {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("a VM with id {id:?} exists already"),
+            ));
+        }
+        let mut options = self.vm_options().await?;
+        if jailer.is_none() {
+            options.view_dir.clone_from(&self.view_dir);
+        }
+        options.jailer = jailer;
+        let vm = MicroVm::new(id, config, options)?;
         self.insert(Arc::new(vm))
     }
 
@@ -429,6 +470,12 @@ impl Host {
             ));
         }
         let vm_options = self.vm_options().await?;
+        if vm_options.jailer.is_some() || snapshot.view_dir.as_deref() == Some(Path::new("/")) {
+            return Err(Error::new(
+                ErrorCode::RestoreFailed,
+                "restoring through the jailer, or from a jailed VM's snapshot, is not supported",
+            ));
+        }
         let (id, runtime) = match options.id.clone() {
             Some(id) => {
                 crate::runtime::sanitize_vm_id(&id)?;
