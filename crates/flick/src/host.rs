@@ -3,9 +3,9 @@
 //! | call | removes |
 //! |---|---|
 //! | [`MicroVm::cleanup`] | the VM's Firecracker process group, its runtime dir (API and vsock sockets, logs, staged drives); with a jailer, its jail and cgroup |
-//! | [`Host::remove_vm`] | the same, and forgets the VM |
+//! | [`Host::remove_vm`] | the same, the TAPs and egress rules the host network made for it, and forgets the VM |
 //! | [`Host::stop_all`] | nothing: stops every VM (in parallel) and keeps their runtime dirs for inspection |
-//! | [`Host::cleanup`] | every VM as `remove_vm` does, in parallel, then the view mount point this host made |
+//! | [`Host::cleanup`] | every VM as `remove_vm` does, in parallel, then the host network (nftables table, bridge if it made it, `ip_forward`) and the view mount point this host made |
 //!
 //! Dropping a `MicroVm` that was not [detached](MicroVm::detach) kills its process group and
 //! removes its runtime dir; [`Host::install_signal_cleanup`] makes SIGINT/SIGTERM run
@@ -22,12 +22,14 @@ use serde_json::json;
 
 use crate::api::models::{self, MemoryBackend, MemoryBackendType, NetworkOverride, VsockOverride};
 use crate::api::{ClientOptions, FirecrackerClient};
+use crate::config::Overrides;
 use crate::config::{DriveUpdate, VmConfig};
 use crate::error::{Error, ErrorCode, Result};
 use crate::image::cache::{BaseImageCache, BaseImagePreset, CacheOptions, EnsureOptions, Ensured};
 use crate::image::{
     Arch, BinaryManager, DataDirs, Downloader, Endpoints, NoProgress, Progress, VersionSpec,
 };
+use crate::net::{HostNetwork, Netlink, NetworkConfig, VmRequest};
 use crate::runtime::staging::{allocated_bytes, stage_file};
 use crate::runtime::{RuntimeDir, default_runtime_root};
 use crate::vm::jailer::JailerOptions;
@@ -95,6 +97,11 @@ pub struct HostOptions {
     /// Run every VM's Firecracker through the `jailer` (per VM:
     /// [`Host::create_vm_with_jailer`]).
     pub jailer: Option<JailerOptions>,
+    /// Host networking: when set, every network interface a VM config leaves without a
+    /// `host_dev_name` gets a TAP (and, without a `guest_mac`, a MAC) from a
+    /// [`HostNetwork`] this host sets up on first use in the calling thread's network
+    /// namespace. A jailed Firecracker needs `tap_owner`/`tap_group` to open its TAP.
+    pub network: Option<NetworkConfig>,
 }
 
 impl HostOptions {
@@ -113,6 +120,7 @@ impl HostOptions {
             firecracker_args: Vec::new(),
             endpoints: Endpoints::default(),
             jailer: None,
+            network: None,
         }
     }
 }
@@ -146,6 +154,8 @@ pub struct Host {
     vms: Mutex<BTreeMap<String, Arc<MicroVm>>>,
     // The resolved binary, so `latest` is asked for once per host, not once per VM.
     binary: tokio::sync::OnceCell<PathBuf>,
+    // Set up on the first VM that needs a TAP; torn down by `cleanup`.
+    network: tokio::sync::Mutex<Option<HostNetwork<Netlink>>>,
 }
 
 impl Host {
@@ -200,6 +210,7 @@ impl Host {
             view_dir,
             vms: Mutex::new(BTreeMap::new()),
             binary: tokio::sync::OnceCell::new(),
+            network: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -283,7 +294,70 @@ impl Host {
             env: self.options.firecracker_env.clone(),
             extra_args: self.options.firecracker_args.clone(),
             jailer: self.options.jailer.clone(),
+            overrides: Overrides::default(),
         })
+    }
+
+    /// Gives every interface of `config` without a host device a TAP (and MAC) from the host
+    /// network, setting that network up first if needed. All or nothing.
+    async fn plug_network(&self, id: &str, config: &VmConfig) -> Result<Overrides> {
+        let mut overrides = Overrides::default();
+        let Some(net_config) = &self.options.network else {
+            return Ok(overrides);
+        };
+        let open: Vec<_> = config
+            .network_interfaces
+            .iter()
+            .filter(|i| i.host_dev_name.is_none())
+            .collect();
+        if open.is_empty() {
+            return Ok(overrides);
+        }
+        let mut guard = self.network.lock().await;
+        let net = match guard.as_mut() {
+            Some(net) => net,
+            None => {
+                guard.insert(HostNetwork::setup(Netlink::connect()?, net_config.clone()).await?)
+            }
+        };
+        for iface in open {
+            let plugged = net
+                .add_vm(VmRequest {
+                    vm_id: id.to_string(),
+                    iface_id: iface.iface_id.clone(),
+                    ..VmRequest::default()
+                })
+                .await;
+            match plugged {
+                Ok(i) => {
+                    overrides
+                        .host_dev_names
+                        .insert(iface.iface_id.clone(), i.host_device.clone());
+                    if iface.guest_mac.is_none() {
+                        overrides
+                            .guest_macs
+                            .insert(iface.iface_id.clone(), i.lease.mac.clone());
+                    }
+                }
+                Err(e) => {
+                    let _ = net.remove_vm(id).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(overrides)
+    }
+
+    /// Removes the TAPs and rules the host network made for VM `id` (none: nothing to do).
+    async fn unplug_network(&self, id: &str) -> Result<()> {
+        let mut guard = self.network.lock().await;
+        let Some(net) = guard.as_mut() else {
+            return Ok(());
+        };
+        match net.remove_vm(id).await {
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
+            other => other,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<MicroVm>>> {
@@ -310,7 +384,16 @@ impl Host {
     /// [`ErrorCode::InvalidConfig`] with every problem; [`ErrorCode::AlreadyExists`] for a
     /// taken id; [`ErrorCode::BinaryNotFound`].
     pub async fn create_vm(&self, id: impl Into<String>, config: VmConfig) -> Result<Arc<MicroVm>> {
-        let id = id.into();
+        self.create_with(id.into(), config, None).await
+    }
+
+    /// `jailer`: `None` = the host's default, `Some(choice)` = that choice for this VM.
+    async fn create_with(
+        &self,
+        id: String,
+        config: VmConfig,
+        jailer: Option<Option<JailerOptions>>,
+    ) -> Result<Arc<MicroVm>> {
         crate::runtime::sanitize_vm_id(&id)?;
         if self.lock().contains_key(&id) {
             return Err(Error::new(
@@ -318,8 +401,26 @@ impl Host {
                 format!("a VM with id {id:?} exists already"),
             ));
         }
-        let vm = MicroVm::new(id, config, self.vm_options().await?)?;
-        self.insert(Arc::new(vm))
+        let mut options = self.vm_options().await?;
+        if let Some(jailer) = jailer {
+            if jailer.is_none() {
+                options.view_dir.clone_from(&self.view_dir);
+            }
+            options.jailer = jailer;
+        }
+        // Everything the VM would be refused for is checked before any TAP exists.
+        config.validate()?;
+        if let Some(j) = &options.jailer {
+            j.validate(&options.firecracker_bin)?;
+            crate::vm::jailer::check_config(&config)?;
+        }
+        options.overrides = self.plug_network(&id, &config).await?;
+        let created =
+            MicroVm::new(id.clone(), config, options).and_then(|vm| self.insert(Arc::new(vm)));
+        if created.is_err() {
+            let _ = self.unplug_network(&id).await;
+        }
+        created
     }
 
     /// Defines a VM whose Firecracker runs through this jailer (`Some`) or directly (`None`),
@@ -334,21 +435,7 @@ impl Host {
         config: VmConfig,
         jailer: Option<JailerOptions>,
     ) -> Result<Arc<MicroVm>> {
-        let id = id.into();
-        crate::runtime::sanitize_vm_id(&id)?;
-        if self.lock().contains_key(&id) {
-            return Err(Error::new(
-                ErrorCode::AlreadyExists,
-                format!("a VM with id {id:?} exists already"),
-            ));
-        }
-        let mut options = self.vm_options().await?;
-        if jailer.is_none() {
-            options.view_dir.clone_from(&self.view_dir);
-        }
-        options.jailer = jailer;
-        let vm = MicroVm::new(id, config, options)?;
-        self.insert(Arc::new(vm))
+        self.create_with(id.into(), config, Some(jailer)).await
     }
 
     /// A VM by id.
@@ -375,16 +462,19 @@ impl Host {
         self.lock().len()
     }
 
-    /// Cleans a VM up and forgets it.
+    /// Cleans a VM up, removes the TAPs the host network made for it, and forgets it.
     ///
     /// # Errors
-    /// [`ErrorCode::NotFound`].
+    /// [`ErrorCode::NotFound`]; [`ErrorCode::CleanupFailed`] when its network could not be
+    /// fully removed.
     pub async fn remove_vm(&self, id: &str) -> Result<()> {
         let vm = self
             .lock()
             .remove(id)
             .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("no VM with id {id:?}")))?;
-        vm.cleanup().await
+        let cleaned = vm.cleanup().await;
+        let unplugged = self.unplug_network(id).await;
+        cleaned.and(unplugged)
     }
 
     /// Stops every running or paused VM, all at once. Returns each VM's outcome.
@@ -404,11 +494,17 @@ impl Host {
     pub async fn cleanup(&self) -> Result<()> {
         let vms: Vec<Arc<MicroVm>> = std::mem::take(&mut *self.lock()).into_values().collect();
         let results = futures_util::future::join_all(vms.iter().map(|vm| vm.cleanup())).await;
-        let failures: Vec<String> = results
+        let mut failures: Vec<String> = results
             .into_iter()
             .zip(&vms)
             .filter_map(|(r, vm)| r.err().map(|e| format!("{}: {}", vm.id(), e.chain())))
             .collect();
+        // Every VM's TAPs and rules, then the table, bridge and forwarding setting.
+        if let Some(mut net) = self.network.lock().await.take()
+            && let Err(e) = net.teardown().await
+        {
+            failures.push(format!("network: {}", e.chain()));
+        }
         if let Some(view) = &self.view_dir {
             // Only the empty mount point this host made; never anything with content.
             let _ = std::fs::remove_dir(view);

@@ -55,6 +55,9 @@ pub struct VmRuntimeOptions {
     pub extra_args: Vec<OsString>,
     /// Run Firecracker through its `jailer` (see [`super::jailer`]).
     pub jailer: Option<JailerOptions>,
+    /// Applied at start on top of what staging computes: the TAPs and MACs a host network
+    /// allocated for interfaces the config left open.
+    pub overrides: Overrides,
 }
 
 /// A drive staged into the runtime directory.
@@ -141,6 +144,18 @@ impl MicroVm {
             jailer::check_config(&config)?;
         }
         let options = jailer::normalize(options);
+        let taps = config
+            .network_interfaces
+            .iter()
+            .filter_map(|i| {
+                options
+                    .overrides
+                    .host_dev_names
+                    .get(&i.iface_id)
+                    .or(i.host_dev_name.as_ref())
+                    .cloned()
+            })
+            .collect();
         Ok(Self {
             id: id.into(),
             config,
@@ -153,7 +168,7 @@ impl MicroVm {
                 client: None,
                 effective: None,
                 staged: Vec::new(),
-                taps: Vec::new(),
+                taps,
                 last_error: None,
                 detached: false,
             }),
@@ -296,7 +311,7 @@ impl MicroVm {
         inner.runtime = Some(runtime.clone());
 
         // Stage drives and compute every host-side override.
-        let mut overrides = Overrides::default();
+        let mut overrides = self.options.overrides.clone();
         for drive in &self.config.drives {
             let Some(source) = &drive.path_on_host else {
                 continue;
