@@ -533,3 +533,46 @@ fn the_jailer_double_rejects_what_the_jailer_rejects() {
         "nothing created for rejected arguments"
     );
 }
+
+#[tokio::test]
+async fn stop_escalates_to_signals_through_the_jailer_and_its_pid_namespace() {
+    let fx = Fixture::new();
+    let host = Host::new(fx.options(Some(fx.jailer()), &["--ignore-ctrl-alt-del"])).unwrap();
+    let vm = host.create_vm("stubborn", fx.config()).await.unwrap();
+    vm.start().await.unwrap();
+    let pid = vm.status().await.process.unwrap().pid;
+    let outcome = vm
+        .stop_with_grace(Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, StopOutcome::Terminated | StopOutcome::Killed),
+        "{outcome:?}"
+    );
+    assert_eq!(vm.state(), VmState::Stopped);
+    wait_gone(pid).await;
+    host.cleanup().await.unwrap();
+    assert!(!fx.instance_dir("stubborn").exists());
+    assert!(!fx.cgroup_dir("stubborn").exists());
+}
+
+#[tokio::test]
+async fn dropping_a_jailed_vm_kills_firecracker_and_removes_jail_and_cgroup() {
+    let fx = Fixture::new();
+    let mut options = fx.options(Some(fx.jailer()), &[]);
+    options.jailer = None;
+    let host = Host::new(options).unwrap();
+    let vm = host
+        .create_vm_with_jailer("dropped", fx.config(), Some(fx.jailer()))
+        .await
+        .unwrap();
+    vm.start().await.unwrap();
+    let pid = vm.status().await.process.unwrap().pid;
+    assert!(fx.cgroup_dir("dropped").exists());
+    // The host forgets it without cleanup; the last handle goes away.
+    drop(host);
+    drop(vm);
+    wait_gone(pid).await;
+    assert!(!fx.instance_dir("dropped").exists(), "jail removed on drop");
+    assert!(!fx.cgroup_dir("dropped").exists(), "cgroup removed on drop");
+}
