@@ -863,7 +863,14 @@ pub(crate) async fn wait_api(
     client: &FirecrackerClient,
     timeout: Duration,
 ) -> Result<InstanceInfo> {
-    let wait = client.wait_ready(timeout);
+    let started = std::time::Instant::now();
+    let wait = async {
+        // Woken by the socket's creation rather than a millisecond timer.
+        crate::runtime::socket_wait::wait_for_path(client.socket_path(), timeout).await;
+        client
+            .wait_ready(timeout.saturating_sub(started.elapsed()))
+            .await
+    };
     tokio::pin!(wait);
     loop {
         tokio::select! {
