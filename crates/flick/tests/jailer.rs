@@ -576,3 +576,28 @@ async fn dropping_a_jailed_vm_kills_firecracker_and_removes_jail_and_cgroup() {
     assert!(!fx.instance_dir("dropped").exists(), "jail removed on drop");
     assert!(!fx.cgroup_dir("dropped").exists(), "cgroup removed on drop");
 }
+
+#[tokio::test]
+async fn a_jail_in_the_way_is_reported_and_left_alone() {
+    let fx = Fixture::new();
+    // Another host's VM with the same id already owns the jail.
+    let theirs = fx.instance_dir("taken").join("root");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("marker"), "theirs").unwrap();
+    let host = Host::new(fx.options(Some(fx.jailer()), &[])).unwrap();
+    let vm = host.create_vm("taken", fx.config()).await.unwrap();
+    let err = vm.start().await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::StartFailed);
+    assert_eq!(
+        err.details().unwrap()["cause"]["code"],
+        "ALREADY_EXISTS",
+        "{:?}",
+        err.details()
+    );
+    host.cleanup().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(theirs.join("marker")).unwrap(),
+        "theirs",
+        "a jail this VM did not make is never removed"
+    );
+}

@@ -399,15 +399,16 @@ impl MicroVm {
             process.kill().await;
         }
         inner.client = None;
-        if let Some(runtime) = inner.runtime.take()
-            && let Err(e) = runtime.remove()
-        {
-            tracing::warn!(vm = %self.id, error = %e.chain(), "runtime dir not removed");
+        if let Some(runtime) = inner.runtime.take() {
+            if let Err(e) = runtime.remove() {
+                tracing::warn!(vm = %self.id, error = %e.chain(), "runtime dir not removed");
+            }
+            // Only a jail this VM made (never one that was in the way of its start).
+            if let Err(e) = jailer::remove_jail(&self.options, &self.id) {
+                tracing::warn!(vm = %self.id, error = %e.chain(), "jail not removed");
+            }
         }
         inner.staged.clear();
-        if let Err(e) = jailer::remove_jail(&self.options, &self.id) {
-            tracing::warn!(vm = %self.id, error = %e.chain(), "jail not removed");
-        }
     }
 
     fn require_client(&self, inner: &Inner) -> Result<FirecrackerClient> {
