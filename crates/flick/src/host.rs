@@ -556,20 +556,24 @@ impl Host {
         snapshot: &Snapshot,
         options: RestoreOptions,
     ) -> Result<Arc<MicroVm>> {
-        if snapshot.view_dir.is_some() && snapshot.view_dir != self.view_dir {
+        // A jailed VM sees its jail at `/`, which is the view its snapshot records.
+        let vm_options = crate::vm::jailer::normalize(self.vm_options().await?);
+        let jailed_snapshot = snapshot.view_dir.as_deref() == Some(Path::new("/"));
+        if jailed_snapshot != vm_options.jailer.is_some()
+            || (snapshot.view_dir.is_some() && snapshot.view_dir != vm_options.view_dir)
+        {
             return Err(Error::new(
                 ErrorCode::RestoreFailed,
                 format!(
-                    "the snapshot was taken with runtime view {:?}; this host uses {:?}",
-                    snapshot.view_dir, self.view_dir
+                    "the snapshot was taken with runtime view {:?}; this host uses {:?}{}",
+                    snapshot.view_dir,
+                    vm_options.view_dir,
+                    if vm_options.jailer.is_some() {
+                        " (the jailer)"
+                    } else {
+                        ""
+                    }
                 ),
-            ));
-        }
-        let vm_options = self.vm_options().await?;
-        if vm_options.jailer.is_some() || snapshot.view_dir.as_deref() == Some(Path::new("/")) {
-            return Err(Error::new(
-                ErrorCode::RestoreFailed,
-                "restoring through the jailer, or from a jailed VM's snapshot, is not supported",
             ));
         }
         let (id, runtime) = match options.id.clone() {
@@ -581,12 +585,12 @@ impl Host {
                         format!("a VM with id {id:?} exists already"),
                     ));
                 }
-                let runtime = RuntimeDir::create(&self.runtime_root, &id)?;
+                let runtime = crate::vm::jailer::create_runtime_dir(&vm_options, &id)?;
                 (id, runtime)
             }
             // Concurrent restores race for the same generated id: creating the runtime dir
             // (an atomic mkdir) decides who gets it.
-            None => self.claim_clone_id(&snapshot.source_vm)?,
+            None => self.claim_clone_id(&snapshot.source_vm, &vm_options)?,
         };
         let mut process = None;
         match self
@@ -616,6 +620,7 @@ impl Host {
                     p.kill().await;
                 }
                 let _ = runtime.remove();
+                let _ = crate::vm::jailer::remove_jail(&vm_options, &id);
                 Err(Error::new(
                     ErrorCode::RestoreFailed,
                     format!("restoring {} from {} failed", id, snapshot.dir.display()),
@@ -669,7 +674,13 @@ impl Host {
                 iface.host_dev_name = Some(tap.clone());
             }
         }
-        let process = process_slot.insert(spawn_firecracker(vm_options, runtime, id)?);
+        let snapshot_files =
+            crate::vm::jailer::place_restore_files(vm_options, snapshot, runtime, &staged)?;
+        *process_slot = Some(spawn_firecracker(vm_options, runtime, id)?);
+        crate::vm::jailer::follow_daemon(vm_options, runtime, id, process_slot).await?;
+        let process = process_slot
+            .as_mut()
+            .ok_or_else(|| Error::new(ErrorCode::Internal, "no process"))?;
         let client = FirecrackerClient::with_options(runtime.api_socket(), vm_options.client);
         wait_api(process, &client, vm_options.start_timeout).await?;
         let network_overrides: Vec<NetworkOverride> = options
@@ -682,10 +693,10 @@ impl Host {
             .collect();
         client
             .load_snapshot(&models::SnapshotLoadParams {
-                snapshot_path: snapshot.state_path.clone(),
+                snapshot_path: snapshot_files.0,
                 mem_backend: Some(MemoryBackend {
                     backend_type: MemoryBackendType::File,
-                    backend_path: snapshot.mem_path.clone(),
+                    backend_path: snapshot_files.1,
                 }),
                 mem_file_path: None,
                 track_dirty_pages: Some(snapshot.config.machine_config.track_dirty_pages),
@@ -723,13 +734,17 @@ impl Host {
 
 impl Host {
     /// `<source>-clone-<n>` with the smallest free `n`, and its runtime dir.
-    fn claim_clone_id(&self, source: &str) -> Result<(String, RuntimeDir)> {
+    fn claim_clone_id(
+        &self,
+        source: &str,
+        vm_options: &VmRuntimeOptions,
+    ) -> Result<(String, RuntimeDir)> {
         for n in 1..=100_000u32 {
             let candidate = format!("{source}-clone-{n}");
             if self.lock().contains_key(&candidate) {
                 continue;
             }
-            match RuntimeDir::create(&self.runtime_root, &candidate) {
+            match crate::vm::jailer::create_runtime_dir(vm_options, &candidate) {
                 Ok(runtime) => return Ok((candidate, runtime)),
                 Err(e) if e.code() == ErrorCode::AlreadyExists => {}
                 Err(e) => return Err(e),

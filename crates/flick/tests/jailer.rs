@@ -272,12 +272,6 @@ async fn jailed_lifecycle_start_pause_snapshot_resume_stop_and_cleanup() {
     let created = body_of(&requests(&chroot), "PUT", "/snapshot/create");
     assert_eq!(created["snapshot_path"], "/snapshot/vm.snap");
     assert_eq!(created["mem_file_path"], "/snapshot/vm.mem");
-    // Restoring jailed snapshots is refused clearly rather than half done.
-    let err = host
-        .restore_vm(&snapshot, flick::host::RestoreOptions::default())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), ErrorCode::RestoreFailed);
 
     vm.resume().await.unwrap();
     assert_eq!(vm.info().await.unwrap().state, InstanceState::Running);
@@ -600,4 +594,90 @@ async fn a_jail_in_the_way_is_reported_and_left_alone() {
         "theirs",
         "a jail this VM did not make is never removed"
     );
+}
+
+#[tokio::test]
+async fn jailed_snapshots_restore_into_fresh_jails_concurrently() {
+    let fx = Fixture::new();
+    let host = Host::new(fx.options(Some(fx.jailer()), &[])).unwrap();
+    let vm = host.create_vm("origin", fx.config()).await.unwrap();
+    vm.start().await.unwrap();
+    vm.pause().await.unwrap();
+    let snapshot = vm
+        .create_snapshot(&SnapshotOptions {
+            dir: fx.path("snapshots/origin"),
+            kind: SnapshotKind::Full,
+        })
+        .await
+        .unwrap();
+    // The source VM and its jail are gone before any clone starts.
+    host.remove_vm("origin").await.unwrap();
+    assert!(!fx.instance_dir("origin").exists());
+
+    let restores = (0..3).map(|_| {
+        host.restore_vm(
+            &snapshot,
+            flick::host::RestoreOptions {
+                resume: true,
+                ..Default::default()
+            },
+        )
+    });
+    let clones: Vec<_> = futures_util::future::join_all(restores)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut jails = std::collections::BTreeSet::new();
+    for clone in &clones {
+        assert_eq!(clone.state(), VmState::Running);
+        let chroot = clone.runtime_dir().await.unwrap();
+        assert!(
+            chroot.starts_with(fx.path("jail/firecracker")),
+            "{}",
+            chroot.display()
+        );
+        assert!(jails.insert(chroot.clone()), "each clone has its own jail");
+        let pid = clone.status().await.process.unwrap().pid;
+        assert_eq!(status_field(pid, "Uid")[0], UID.to_string());
+        assert_eq!(status_field(pid, "NSpid").last().unwrap(), "1");
+        let load = body_of(&requests(&chroot), "PUT", "/snapshot/load");
+        assert_eq!(load["snapshot_path"], "/snapshot/vm.snap");
+        assert_eq!(load["mem_backend"]["backend_path"], "/snapshot/vm.mem");
+        assert_eq!(load["vsock_override"]["uds_path"], "/vsock.sock");
+        let drive = std::fs::metadata(chroot.join("drives/rootfs.img")).unwrap();
+        assert_eq!(
+            drive.uid(),
+            UID,
+            "the clone's private drive belongs to the jailed user"
+        );
+        assert!(
+            chroot.join("drives/data.img").exists(),
+            "shared drive placed where recorded"
+        );
+        assert_eq!(clone.info().await.unwrap().state, InstanceState::Running);
+    }
+    host.cleanup().await.unwrap();
+    for jail in &jails {
+        assert!(!jail.parent().unwrap().exists(), "{} left", jail.display());
+    }
+    let cgroups: Vec<_> = std::fs::read_dir(fx.path("cgroup/firecracker"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(cgroups.is_empty(), "{cgroups:?}");
+    assert!(
+        snapshot.state_path.exists(),
+        "the snapshot stays the caller's"
+    );
+
+    // A host without the jailer refuses a jailed snapshot (its paths only resolve in a jail).
+    let plain = Host::new(fx.options(None, &[])).unwrap();
+    let err = plain
+        .restore_vm(&snapshot, flick::host::RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RestoreFailed);
+    assert_eq!(plain.vm_count(), 0);
 }

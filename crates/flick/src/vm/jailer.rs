@@ -493,6 +493,65 @@ pub(crate) fn place_files(
     Ok(())
 }
 
+/// Before a restore: gives the staged drive copies to uid:gid, and puts the snapshot's state
+/// and memory files (`/snapshot/vm.snap`, `/snapshot/vm.mem`) and its shared drives (at the
+/// jail paths the snapshot recorded) into the jail. Returns the state and memory paths to give
+/// Firecracker: jail-relative with a jailer, the snapshot's own files without.
+pub(crate) fn place_restore_files(
+    options: &VmRuntimeOptions,
+    snapshot: &super::snapshot::Snapshot,
+    runtime: &RuntimeDir,
+    staged: &[super::microvm::StagedDrive],
+) -> Result<(PathBuf, PathBuf)> {
+    let Some(jailer) = &options.jailer else {
+        return Ok((snapshot.state_path.clone(), snapshot.mem_path.clone()));
+    };
+    let fail = |e: Error| {
+        Error::new(
+            ErrorCode::RestoreFailed,
+            "cannot prepare the jail for a restore",
+        )
+        .with_source(e)
+    };
+    make_owned_dir(&runtime.drives_dir(), jailer).map_err(fail)?;
+    for drive in staged {
+        chown(&drive.staged, jailer).map_err(fail)?;
+    }
+    // Drives the snapshot did not copy (shared, read-only) are linked where they were.
+    for drive in &snapshot.config.drives {
+        let (Some(source), Some(recorded)) = (
+            &drive.path_on_host,
+            snapshot
+                .effective_config
+                .drives
+                .iter()
+                .find(|d| d.drive_id == drive.drive_id)
+                .and_then(|d| d.path_on_host.as_ref()),
+        ) else {
+            continue;
+        };
+        if staged.iter().any(|s| s.drive_id == drive.drive_id) {
+            continue;
+        }
+        let Ok(rel) = recorded.strip_prefix("/") else {
+            continue;
+        };
+        let dest = runtime.path().join(rel);
+        if let Some(parent) = dest.parent() {
+            make_owned_dir(parent, jailer).map_err(fail)?;
+        }
+        link_or_copy(source, &dest, jailer).map_err(fail)?;
+    }
+    let dir = runtime.path().join("snapshot");
+    make_owned_dir(&dir, jailer).map_err(fail)?;
+    let state = dir.join("vm.snap");
+    let mem = dir.join("vm.mem");
+    link_or_copy(&snapshot.state_path, &state, jailer).map_err(fail)?;
+    link_or_copy(&snapshot.mem_path, &mem, jailer).map_err(fail)?;
+    let view = options.view_dir.as_deref();
+    Ok((fc_path(view, runtime, &state), fc_path(view, runtime, &mem)))
+}
+
 /// Spawns the jailer for a VM. Its stdout/stderr (and, without `--daemonize`, Firecracker's)
 /// go to the runtime dir's `firecracker.log`.
 pub(crate) fn spawn(
