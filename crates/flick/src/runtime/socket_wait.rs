@@ -6,7 +6,9 @@
 //! exists (so a file created before the watch is not missed), then sleep on the inotify
 //! descriptor until an event or the deadline, re-checking after each wake-up. inotify watches
 //! the directory's inode, so a socket created through a bind mount of the directory (the VM
-//! view) or inside a jail is seen too.
+//! view) or inside a jail is seen too. Closing an inotify instance makes the kernel wait for an
+//! RCU grace period (several milliseconds here), so the descriptor is closed on the blocking
+//! pool, off the caller's path.
 
 use std::path::Path;
 use std::time::Duration;
@@ -34,6 +36,7 @@ pub async fn wait_for_path(path: &Path, timeout: Duration) {
         return;
     }
     if path.exists() {
+        close_in_background(fd);
         return;
     }
     // SAFETY: `fd` is an `OwnedFd` moved into the `AsyncFd`: it stays open and refers to the
@@ -44,13 +47,17 @@ pub async fn wait_for_path(path: &Path, timeout: Duration) {
     };
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; 4096];
+    let fd = CloseInBackground(Some(fd));
     loop {
-        let Ok(Ok(mut guard)) = tokio::time::timeout_at(deadline, fd.readable()).await else {
+        let Some(afd) = fd.0.as_ref() else {
+            return;
+        };
+        let Ok(Ok(mut guard)) = tokio::time::timeout_at(deadline, afd.readable()).await else {
             return;
         };
         // Drain the queued events; which ones they were does not matter.
         loop {
-            match rustix::io::read(fd.get_ref(), &mut buf) {
+            match rustix::io::read(guard.get_inner(), &mut buf) {
                 Ok(n) if n > 0 => {}
                 _ => break,
             }
@@ -59,6 +66,25 @@ pub async fn wait_for_path(path: &Path, timeout: Duration) {
         if path.exists() {
             return;
         }
+    }
+}
+
+/// Closing an inotify instance waits for an RCU grace period in the kernel (milliseconds):
+/// the descriptor is closed on the blocking pool so the caller does not wait for it.
+struct CloseInBackground(Option<AsyncFd<rustix::fd::OwnedFd>>);
+
+impl Drop for CloseInBackground {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            close_in_background(fd.into_inner());
+        }
+    }
+}
+
+fn close_in_background(fd: rustix::fd::OwnedFd) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(move || drop(fd))),
+        Err(_) => drop(fd),
     }
 }
 
