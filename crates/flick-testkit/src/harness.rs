@@ -31,6 +31,15 @@ pub fn fc_double_path() -> PathBuf {
     workspace_binary("flick-testkit", "fc-double")
 }
 
+/// Path of the built `jailer-double` binary (the jailer test double, see its module docs),
+/// found and kept up to date like [`fc_double_path`].
+///
+/// # Panics
+/// When the binary cannot be found or built.
+pub fn jailer_double_path() -> PathBuf {
+    workspace_binary("flick-testkit", "jailer-double")
+}
+
 /// Path of binary `bin` of workspace package `package`, built for the running test's profile.
 ///
 /// The binary lives next to the test executable's directory (`target/<profile>/<bin>`; the

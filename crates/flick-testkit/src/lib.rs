@@ -6,6 +6,8 @@
 //!   stand-in for tests, never a replacement for Firecracker: it runs no guest.
 //! - [`harness`]: find or build `fc-double` ([`fc_double_path`]), run it ([`FcDouble`]) and talk
 //!   to it ([`raw_request`]) from other crates' tests.
+//! - the `jailer-double` binary ([`jailer_double_path`]): a test double of Firecracker's
+//!   `jailer` that builds the real jail and cgroup layout and execs `fc-double` inside it.
 //! - [`transcript`]: the recorded answers of a real Firecracker v1.16.1, parsed.
 //! - [`fixture_server`]: a real HTTP server on 127.0.0.1 serving release, bucket and manifest
 //!   fixtures in the formats of the real services, able to misbehave on request.
@@ -17,4 +19,6 @@ pub mod harness;
 pub mod spec;
 pub mod transcript;
 
-pub use harness::{FcDouble, FcDoubleOptions, fc_double_path, raw_request, workspace_binary};
+pub use harness::{
+    FcDouble, FcDoubleOptions, fc_double_path, jailer_double_path, raw_request, workspace_binary,
+};

@@ -2,10 +2,10 @@
 //!
 //! | call | removes |
 //! |---|---|
-//! | [`MicroVm::cleanup`] | the VM's Firecracker process group, its runtime dir (API and vsock sockets, logs, staged drives) |
-//! | [`Host::remove_vm`] | the same, and forgets the VM |
+//! | [`MicroVm::cleanup`] | the VM's Firecracker process group, its runtime dir (API and vsock sockets, logs, staged drives); with a jailer, its jail and cgroup |
+//! | [`Host::remove_vm`] | the same, the TAPs and egress rules the host network made for it, and forgets the VM |
 //! | [`Host::stop_all`] | nothing: stops every VM (in parallel) and keeps their runtime dirs for inspection |
-//! | [`Host::cleanup`] | every VM as `remove_vm` does, in parallel, then the view mount point this host made |
+//! | [`Host::cleanup`] | every VM as `remove_vm` does, in parallel, then the host network (nftables table, bridge if it made it, `ip_forward`) and the view mount point this host made |
 //!
 //! Dropping a `MicroVm` that was not [detached](MicroVm::detach) kills its process group and
 //! removes its runtime dir; [`Host::install_signal_cleanup`] makes SIGINT/SIGTERM run
@@ -22,14 +22,17 @@ use serde_json::json;
 
 use crate::api::models::{self, MemoryBackend, MemoryBackendType, NetworkOverride, VsockOverride};
 use crate::api::{ClientOptions, FirecrackerClient};
+use crate::config::Overrides;
 use crate::config::{DriveUpdate, VmConfig};
 use crate::error::{Error, ErrorCode, Result};
 use crate::image::cache::{BaseImageCache, BaseImagePreset, CacheOptions, EnsureOptions, Ensured};
 use crate::image::{
     Arch, BinaryManager, DataDirs, Downloader, Endpoints, NoProgress, Progress, VersionSpec,
 };
+use crate::net::{HostNetwork, Netlink, NetworkConfig, VmRequest};
 use crate::runtime::staging::{allocated_bytes, stage_file};
 use crate::runtime::{RuntimeDir, default_runtime_root};
+use crate::vm::jailer::JailerOptions;
 use crate::vm::microvm::{
     RestoredParts, StagedDrive, StopOutcome, VmRuntimeOptions, fc_path, spawn_firecracker, wait_api,
 };
@@ -91,6 +94,14 @@ pub struct HostOptions {
     pub firecracker_args: Vec<OsString>,
     /// Where releases, the CI bucket and release downloads are fetched from.
     pub endpoints: Endpoints,
+    /// Run every VM's Firecracker through the `jailer` (per VM:
+    /// [`Host::create_vm_with_jailer`]).
+    pub jailer: Option<JailerOptions>,
+    /// Host networking: when set, every network interface a VM config leaves without a
+    /// `host_dev_name` gets a TAP (and, without a `guest_mac`, a MAC) from a
+    /// [`HostNetwork`] this host sets up on first use in the calling thread's network
+    /// namespace. A jailed Firecracker needs `tap_owner`/`tap_group` to open its TAP.
+    pub network: Option<NetworkConfig>,
 }
 
 impl HostOptions {
@@ -108,6 +119,8 @@ impl HostOptions {
             firecracker_env: Vec::new(),
             firecracker_args: Vec::new(),
             endpoints: Endpoints::default(),
+            jailer: None,
+            network: None,
         }
     }
 }
@@ -141,6 +154,8 @@ pub struct Host {
     vms: Mutex<BTreeMap<String, Arc<MicroVm>>>,
     // The resolved binary, so `latest` is asked for once per host, not once per VM.
     binary: tokio::sync::OnceCell<PathBuf>,
+    // Set up on the first VM that needs a TAP; torn down by `cleanup`.
+    network: tokio::sync::Mutex<Option<HostNetwork<Netlink>>>,
 }
 
 impl Host {
@@ -148,8 +163,14 @@ impl Host {
     ///
     /// # Errors
     /// [`ErrorCode::IoError`] when the runtime root cannot be created;
-    /// [`ErrorCode::HostUnsupported`] for [`ViewMode::On`] without root.
+    /// [`ErrorCode::HostUnsupported`] for [`ViewMode::On`] without root;
+    /// [`ErrorCode::InvalidConfig`] for bad jailer options (nothing is created then).
     pub fn new(options: HostOptions) -> Result<Self> {
+        if let (Some(jailer), FirecrackerBinary::Path(bin)) =
+            (&options.jailer, &options.firecracker)
+        {
+            jailer.validate(bin)?;
+        }
         let runtime_root = options
             .runtime_dir
             .clone()
@@ -189,6 +210,7 @@ impl Host {
             view_dir,
             vms: Mutex::new(BTreeMap::new()),
             binary: tokio::sync::OnceCell::new(),
+            network: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -271,7 +293,71 @@ impl Host {
             client: self.options.client,
             env: self.options.firecracker_env.clone(),
             extra_args: self.options.firecracker_args.clone(),
+            jailer: self.options.jailer.clone(),
+            overrides: Overrides::default(),
         })
+    }
+
+    /// Gives every interface of `config` without a host device a TAP (and MAC) from the host
+    /// network, setting that network up first if needed. All or nothing.
+    async fn plug_network(&self, id: &str, config: &VmConfig) -> Result<Overrides> {
+        let mut overrides = Overrides::default();
+        let Some(net_config) = &self.options.network else {
+            return Ok(overrides);
+        };
+        let open: Vec<_> = config
+            .network_interfaces
+            .iter()
+            .filter(|i| i.host_dev_name.is_none())
+            .collect();
+        if open.is_empty() {
+            return Ok(overrides);
+        }
+        let mut guard = self.network.lock().await;
+        let net = match guard.as_mut() {
+            Some(net) => net,
+            None => {
+                guard.insert(HostNetwork::setup(Netlink::connect()?, net_config.clone()).await?)
+            }
+        };
+        for iface in open {
+            let plugged = net
+                .add_vm(VmRequest {
+                    vm_id: id.to_string(),
+                    iface_id: iface.iface_id.clone(),
+                    ..VmRequest::default()
+                })
+                .await;
+            match plugged {
+                Ok(i) => {
+                    overrides
+                        .host_dev_names
+                        .insert(iface.iface_id.clone(), i.host_device.clone());
+                    if iface.guest_mac.is_none() {
+                        overrides
+                            .guest_macs
+                            .insert(iface.iface_id.clone(), i.lease.mac.clone());
+                    }
+                }
+                Err(e) => {
+                    let _ = net.remove_vm(id).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(overrides)
+    }
+
+    /// Removes the TAPs and rules the host network made for VM `id` (none: nothing to do).
+    async fn unplug_network(&self, id: &str) -> Result<()> {
+        let mut guard = self.network.lock().await;
+        let Some(net) = guard.as_mut() else {
+            return Ok(());
+        };
+        match net.remove_vm(id).await {
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
+            other => other,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<MicroVm>>> {
@@ -298,7 +384,16 @@ impl Host {
     /// [`ErrorCode::InvalidConfig`] with every problem; [`ErrorCode::AlreadyExists`] for a
     /// taken id; [`ErrorCode::BinaryNotFound`].
     pub async fn create_vm(&self, id: impl Into<String>, config: VmConfig) -> Result<Arc<MicroVm>> {
-        let id = id.into();
+        self.create_with(id.into(), config, None).await
+    }
+
+    /// `jailer`: `None` = the host's default, `Some(choice)` = that choice for this VM.
+    async fn create_with(
+        &self,
+        id: String,
+        config: VmConfig,
+        jailer: Option<Option<JailerOptions>>,
+    ) -> Result<Arc<MicroVm>> {
         crate::runtime::sanitize_vm_id(&id)?;
         if self.lock().contains_key(&id) {
             return Err(Error::new(
@@ -306,8 +401,41 @@ impl Host {
                 format!("a VM with id {id:?} exists already"),
             ));
         }
-        let vm = MicroVm::new(id, config, self.vm_options().await?)?;
-        self.insert(Arc::new(vm))
+        let mut options = self.vm_options().await?;
+        if let Some(jailer) = jailer {
+            if jailer.is_none() {
+                options.view_dir.clone_from(&self.view_dir);
+            }
+            options.jailer = jailer;
+        }
+        // Everything the VM would be refused for is checked before any TAP exists.
+        config.validate()?;
+        if let Some(j) = &options.jailer {
+            j.validate(&options.firecracker_bin)?;
+            crate::vm::jailer::check_config(&config)?;
+        }
+        options.overrides = self.plug_network(&id, &config).await?;
+        let created =
+            MicroVm::new(id.clone(), config, options).and_then(|vm| self.insert(Arc::new(vm)));
+        if created.is_err() {
+            let _ = self.unplug_network(&id).await;
+        }
+        created
+    }
+
+    /// Defines a VM whose Firecracker runs through this jailer (`Some`) or directly (`None`),
+    /// whatever the host's default.
+    ///
+    /// # Errors
+    /// As [`create_vm`](Self::create_vm); [`ErrorCode::InvalidConfig`] for bad jailer options
+    /// or a config a jailed Firecracker cannot use.
+    pub async fn create_vm_with_jailer(
+        &self,
+        id: impl Into<String>,
+        config: VmConfig,
+        jailer: Option<JailerOptions>,
+    ) -> Result<Arc<MicroVm>> {
+        self.create_with(id.into(), config, Some(jailer)).await
     }
 
     /// Re-attaches to a running VM another process started and [`detach`](MicroVm::detach)ed
@@ -351,16 +479,19 @@ impl Host {
         self.lock().len()
     }
 
-    /// Cleans a VM up and forgets it.
+    /// Cleans a VM up, removes the TAPs the host network made for it, and forgets it.
     ///
     /// # Errors
-    /// [`ErrorCode::NotFound`].
+    /// [`ErrorCode::NotFound`]; [`ErrorCode::CleanupFailed`] when its network could not be
+    /// fully removed.
     pub async fn remove_vm(&self, id: &str) -> Result<()> {
         let vm = self
             .lock()
             .remove(id)
             .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("no VM with id {id:?}")))?;
-        vm.cleanup().await
+        let cleaned = vm.cleanup().await;
+        let unplugged = self.unplug_network(id).await;
+        cleaned.and(unplugged)
     }
 
     /// Stops every running or paused VM, all at once. Returns each VM's outcome.
@@ -380,11 +511,17 @@ impl Host {
     pub async fn cleanup(&self) -> Result<()> {
         let vms: Vec<Arc<MicroVm>> = std::mem::take(&mut *self.lock()).into_values().collect();
         let results = futures_util::future::join_all(vms.iter().map(|vm| vm.cleanup())).await;
-        let failures: Vec<String> = results
+        let mut failures: Vec<String> = results
             .into_iter()
             .zip(&vms)
             .filter_map(|(r, vm)| r.err().map(|e| format!("{}: {}", vm.id(), e.chain())))
             .collect();
+        // Every VM's TAPs and rules, then the table, bridge and forwarding setting.
+        if let Some(mut net) = self.network.lock().await.take()
+            && let Err(e) = net.teardown().await
+        {
+            failures.push(format!("network: {}", e.chain()));
+        }
         if let Some(view) = &self.view_dir {
             // Only the empty mount point this host made; never anything with content.
             let _ = std::fs::remove_dir(view);
@@ -436,16 +573,26 @@ impl Host {
         snapshot: &Snapshot,
         options: RestoreOptions,
     ) -> Result<Arc<MicroVm>> {
-        if snapshot.view_dir.is_some() && snapshot.view_dir != self.view_dir {
+        // A jailed VM sees its jail at `/`, which is the view its snapshot records.
+        let vm_options = crate::vm::jailer::normalize(self.vm_options().await?);
+        let jailed_snapshot = snapshot.view_dir.as_deref() == Some(Path::new("/"));
+        if jailed_snapshot != vm_options.jailer.is_some()
+            || (snapshot.view_dir.is_some() && snapshot.view_dir != vm_options.view_dir)
+        {
             return Err(Error::new(
                 ErrorCode::RestoreFailed,
                 format!(
-                    "the snapshot was taken with runtime view {:?}; this host uses {:?}",
-                    snapshot.view_dir, self.view_dir
+                    "the snapshot was taken with runtime view {:?}; this host uses {:?}{}",
+                    snapshot.view_dir,
+                    vm_options.view_dir,
+                    if vm_options.jailer.is_some() {
+                        " (the jailer)"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
-        let vm_options = self.vm_options().await?;
         let (id, runtime) = match options.id.clone() {
             Some(id) => {
                 crate::runtime::sanitize_vm_id(&id)?;
@@ -455,12 +602,12 @@ impl Host {
                         format!("a VM with id {id:?} exists already"),
                     ));
                 }
-                let runtime = RuntimeDir::create(&self.runtime_root, &id)?;
+                let runtime = crate::vm::jailer::create_runtime_dir(&vm_options, &id)?;
                 (id, runtime)
             }
             // Concurrent restores race for the same generated id: creating the runtime dir
             // (an atomic mkdir) decides who gets it.
-            None => self.claim_clone_id(&snapshot.source_vm)?,
+            None => self.claim_clone_id(&snapshot.source_vm, &vm_options)?,
         };
         let mut process = None;
         match self
@@ -490,6 +637,7 @@ impl Host {
                     p.kill().await;
                 }
                 let _ = runtime.remove();
+                let _ = crate::vm::jailer::remove_jail(&vm_options, &id);
                 Err(Error::new(
                     ErrorCode::RestoreFailed,
                     format!("restoring {} from {} failed", id, snapshot.dir.display()),
@@ -543,7 +691,13 @@ impl Host {
                 iface.host_dev_name = Some(tap.clone());
             }
         }
-        let process = process_slot.insert(spawn_firecracker(vm_options, runtime, id)?);
+        let snapshot_files =
+            crate::vm::jailer::place_restore_files(vm_options, snapshot, runtime, &staged)?;
+        *process_slot = Some(spawn_firecracker(vm_options, runtime, id)?);
+        crate::vm::jailer::follow_daemon(vm_options, runtime, id, process_slot).await?;
+        let process = process_slot
+            .as_mut()
+            .ok_or_else(|| Error::new(ErrorCode::Internal, "no process"))?;
         let client = FirecrackerClient::with_options(runtime.api_socket(), vm_options.client);
         wait_api(process, &client, vm_options.start_timeout).await?;
         let network_overrides: Vec<NetworkOverride> = options
@@ -556,10 +710,10 @@ impl Host {
             .collect();
         client
             .load_snapshot(&models::SnapshotLoadParams {
-                snapshot_path: snapshot.state_path.clone(),
+                snapshot_path: snapshot_files.0,
                 mem_backend: Some(MemoryBackend {
                     backend_type: MemoryBackendType::File,
-                    backend_path: snapshot.mem_path.clone(),
+                    backend_path: snapshot_files.1,
                 }),
                 mem_file_path: None,
                 track_dirty_pages: Some(snapshot.config.machine_config.track_dirty_pages),
@@ -597,13 +751,17 @@ impl Host {
 
 impl Host {
     /// `<source>-clone-<n>` with the smallest free `n`, and its runtime dir.
-    fn claim_clone_id(&self, source: &str) -> Result<(String, RuntimeDir)> {
+    fn claim_clone_id(
+        &self,
+        source: &str,
+        vm_options: &VmRuntimeOptions,
+    ) -> Result<(String, RuntimeDir)> {
         for n in 1..=100_000u32 {
             let candidate = format!("{source}-clone-{n}");
             if self.lock().contains_key(&candidate) {
                 continue;
             }
-            match RuntimeDir::create(&self.runtime_root, &candidate) {
+            match crate::vm::jailer::create_runtime_dir(vm_options, &candidate) {
                 Ok(runtime) => return Ok((candidate, runtime)),
                 Err(e) if e.code() == ErrorCode::AlreadyExists => {}
                 Err(e) => return Err(e),

@@ -108,14 +108,22 @@ impl ProcessIdentity {
 
     /// Sends `signal` to the whole process group, if this process still exists.
     /// Returns whether a signal was sent.
+    ///
+    /// A process that does not lead its group (a VMM a daemonizing jailer left behind, whose
+    /// group leader has exited) gets the signal alone; as the init of its own pid namespace,
+    /// its death takes every process of that namespace with it.
     #[must_use]
     pub fn signal_group(&self, signal: Signal) -> bool {
         if read_start_time(self.pid) != Some(self.start_time) {
             return false;
         }
-        match Pid::from_raw(self.pid) {
-            Some(pid) => rustix::process::kill_process_group(pid, signal).is_ok(),
-            None => false,
+        let Some(pid) = Pid::from_raw(self.pid) else {
+            return false;
+        };
+        if read_pgid(self.pid) == Some(self.pid) {
+            rustix::process::kill_process_group(pid, signal).is_ok()
+        } else {
+            rustix::process::kill_process(pid, signal).is_ok()
         }
     }
 }
@@ -134,6 +142,12 @@ fn read_start_time(pid: i32) -> Option<u64> {
     let stat = read_stat(pid)?;
     // Field 3 (state) is index 0 after the command; field 22 (starttime) is index 19.
     stat_fields(&stat)?.get(19)?.parse().ok()
+}
+
+fn read_pgid(pid: i32) -> Option<i32> {
+    let stat = read_stat(pid)?;
+    // Field 5 (pgrp) is index 2 after the command.
+    stat_fields(&stat)?.get(2)?.parse().ok()
 }
 
 fn is_zombie(pid: i32) -> bool {

@@ -5,6 +5,7 @@
 //! `/dev/shm/flick/runtime` when `/dev/shm` is a usable tmpfs, so staged drive copies live in
 //! memory and vanish at reboot; otherwise a directory under the system temp dir.
 
+pub mod socket_wait;
 pub mod staging;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

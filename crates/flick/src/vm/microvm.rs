@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use super::jailer::{self, JailerOptions, SnapshotPlacement};
 use super::snapshot::{Snapshot, SnapshotDrive, SnapshotKind, SnapshotOptions};
 use super::state::{Operation, VmState};
 use crate::api::models::{self, InstanceInfo};
@@ -50,8 +51,13 @@ pub struct VmRuntimeOptions {
     pub client: ClientOptions,
     /// Extra environment for the Firecracker process.
     pub env: Vec<(OsString, OsString)>,
-    /// Extra arguments for the Firecracker process.
+    /// Extra arguments for the Firecracker process (after `--` with a jailer).
     pub extra_args: Vec<OsString>,
+    /// Run Firecracker through its `jailer` (see [`super::jailer`]).
+    pub jailer: Option<JailerOptions>,
+    /// Applied at start on top of what staging computes: the TAPs and MACs a host network
+    /// allocated for interfaces the config left open.
+    pub overrides: Overrides,
 }
 
 /// A drive staged into the runtime directory.
@@ -133,6 +139,23 @@ impl MicroVm {
     /// [`ErrorCode::InvalidConfig`].
     pub fn new(id: impl Into<String>, config: VmConfig, options: VmRuntimeOptions) -> Result<Self> {
         config.validate()?;
+        if let Some(j) = &options.jailer {
+            j.validate(&options.firecracker_bin)?;
+            jailer::check_config(&config)?;
+        }
+        let options = jailer::normalize(options);
+        let taps = config
+            .network_interfaces
+            .iter()
+            .filter_map(|i| {
+                options
+                    .overrides
+                    .host_dev_names
+                    .get(&i.iface_id)
+                    .or(i.host_dev_name.as_ref())
+                    .cloned()
+            })
+            .collect();
         Ok(Self {
             id: id.into(),
             config,
@@ -145,7 +168,7 @@ impl MicroVm {
                 client: None,
                 effective: None,
                 staged: Vec::new(),
-                taps: Vec::new(),
+                taps,
                 last_error: None,
                 detached: false,
             }),
@@ -284,11 +307,11 @@ impl MicroVm {
     }
 
     async fn start_inner(&self, inner: &mut Inner) -> Result<()> {
-        let runtime = RuntimeDir::create(&self.options.runtime_root, &self.id)?;
+        let runtime = jailer::create_runtime_dir(&self.options, &self.id)?;
         inner.runtime = Some(runtime.clone());
 
         // Stage drives and compute every host-side override.
-        let mut overrides = Overrides::default();
+        let mut overrides = self.options.overrides.clone();
         for drive in &self.config.drives {
             let Some(source) = &drive.path_on_host else {
                 continue;
@@ -315,6 +338,7 @@ impl MicroVm {
                 .drive_paths
                 .insert(drive.drive_id.clone(), self.fc_path(&runtime, &staged));
         }
+        jailer::place_files(&self.options, &self.config, &runtime, &mut overrides)?;
         if let Some(vsock) = &self.config.vsock
             && vsock.uds_path.is_none()
         {
@@ -339,6 +363,7 @@ impl MicroVm {
 
         let process = self.spawn_firecracker(&runtime)?;
         inner.process = Some(process);
+        jailer::follow_daemon(&self.options, &runtime, &self.id, &mut inner.process).await?;
         let client = FirecrackerClient::with_options(runtime.api_socket(), self.options.client);
         inner.client = Some(client.clone());
         self.wait_api(inner, &client).await?;
@@ -374,10 +399,14 @@ impl MicroVm {
             process.kill().await;
         }
         inner.client = None;
-        if let Some(runtime) = inner.runtime.take()
-            && let Err(e) = runtime.remove()
-        {
-            tracing::warn!(vm = %self.id, error = %e.chain(), "runtime dir not removed");
+        if let Some(runtime) = inner.runtime.take() {
+            if let Err(e) = runtime.remove() {
+                tracing::warn!(vm = %self.id, error = %e.chain(), "runtime dir not removed");
+            }
+            // Only a jail this VM made (never one that was in the way of its start).
+            if let Err(e) = jailer::remove_jail(&self.options, &self.id) {
+                tracing::warn!(vm = %self.id, error = %e.chain(), "jail not removed");
+            }
         }
         inner.staged.clear();
     }
@@ -694,16 +723,27 @@ impl MicroVm {
         })?;
         let result = async {
             let (state_path, mem_path) = Snapshot::file_paths(&options.dir);
-            client
+            let runtime = inner.runtime.as_ref().ok_or_else(|| {
+                Error::new(ErrorCode::Internal, "started VM without a runtime dir")
+            })?;
+            let placement = SnapshotPlacement::new(&self.options, runtime, &state_path, &mem_path)?;
+            let created = client
                 .create_snapshot(&models::SnapshotCreateParams {
-                    mem_file_path: mem_path.clone(),
-                    snapshot_path: state_path.clone(),
+                    mem_file_path: placement.fc_mem.clone(),
+                    snapshot_path: placement.fc_state.clone(),
                     snapshot_type: Some(match options.kind {
                         SnapshotKind::Full => models::SnapshotType::Full,
                         SnapshotKind::Diff => models::SnapshotType::Diff,
                     }),
                 })
-                .await?;
+                .await;
+            match created {
+                Ok(()) => placement.finish(&state_path, &mem_path)?,
+                Err(e) => {
+                    placement.abandon();
+                    return Err(e);
+                }
+            }
             std::fs::create_dir(options.dir.join("drives")).map_err(|e| {
                 Error::io(ErrorCode::SnapshotFailed, "cannot create", &options.dir, e)
             })?;
@@ -877,6 +917,9 @@ pub(crate) fn spawn_firecracker(
     runtime: &RuntimeDir,
     id: &str,
 ) -> Result<SupervisedProcess> {
+    if options.jailer.is_some() {
+        return jailer::spawn(options, runtime, id);
+    }
     let view = options.view_dir.as_deref();
     let mut spec = ProcessSpec::new(&options.firecracker_bin, runtime.log_path())
         .arg("--api-sock")
@@ -904,7 +947,14 @@ pub(crate) async fn wait_api(
     client: &FirecrackerClient,
     timeout: Duration,
 ) -> Result<InstanceInfo> {
-    let wait = client.wait_ready(timeout);
+    let started = std::time::Instant::now();
+    let wait = async {
+        // Woken by the socket's creation rather than a millisecond timer.
+        crate::runtime::socket_wait::wait_for_path(client.socket_path(), timeout).await;
+        client
+            .wait_ready(timeout.saturating_sub(started.elapsed()))
+            .await
+    };
     tokio::pin!(wait);
     loop {
         tokio::select! {
@@ -962,6 +1012,7 @@ impl Drop for MicroVm {
         }
         if let Some(runtime) = inner.runtime.take() {
             let _ = runtime.remove();
+            let _ = jailer::remove_jail(&self.options, &self.id);
         }
     }
 }

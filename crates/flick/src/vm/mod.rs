@@ -5,10 +5,12 @@
 //!   snapshots;
 //! - [`snapshot`]: the on-disk snapshot format clones are restored from.
 
+pub mod jailer;
 pub mod microvm;
 pub mod snapshot;
 pub mod state;
 
+pub use jailer::{CpuMax, JailerOptions};
 pub use microvm::{AttachRecord, MicroVm, StagedDrive, StopOutcome, VmRuntimeOptions, VmStatus};
 pub use snapshot::{Snapshot, SnapshotKind, SnapshotOptions};
 pub use state::{Operation, VmState};
