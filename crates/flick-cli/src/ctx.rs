@@ -110,6 +110,77 @@ impl Ctx {
         })
     }
 
+    /// The jailer settings of `--jailer` VMs: `FLICK_JAILER` (default: `jailer` next to the
+    /// Firecracker binary), `FLICK_JAILER_UID`/`FLICK_JAILER_GID` (default 0),
+    /// `FLICK_JAILER_CGROUP_ROOT` (default: the cgroup2 mount). Jails live under the runtime
+    /// root, so `gc` sees them.
+    pub fn jailer_options(&self) -> anyhow::Result<flick::vm::JailerOptions> {
+        let bin = match env_path("FLICK_JAILER") {
+            Some(p) => p,
+            None => {
+                let fc = match Self::firecracker()? {
+                    FirecrackerBinary::Path(p) => Some(p),
+                    FirecrackerBinary::Release { .. } => {
+                        std::fs::read_dir(self.data_dir().join("bin"))
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                            .map(|e| e.path().join(std::env::consts::ARCH).join("firecracker"))
+                            .find(|p| p.is_file())
+                    }
+                };
+                fc.and_then(|p| p.parent().map(|d| d.join("jailer")))
+                    .filter(|p| p.is_file())
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorCode::BinaryNotFound,
+                            "no jailer binary: set FLICK_JAILER or put `jailer` next to firecracker",
+                        )
+                    })?
+            }
+        };
+        let id = |name: &str| -> anyhow::Result<u32> {
+            env_str(name).map_or(Ok(0), |v| {
+                v.parse().map_err(|_| {
+                    Error::new(
+                        ErrorCode::InvalidArgument,
+                        format!("{name}={v:?} is not a number"),
+                    )
+                    .into()
+                })
+            })
+        };
+        let mut j =
+            flick::vm::JailerOptions::new(bin, id("FLICK_JAILER_UID")?, id("FLICK_JAILER_GID")?);
+        j.cgroup_root = env_path("FLICK_JAILER_CGROUP_ROOT");
+        Ok(j)
+    }
+
+    /// Host options for VM `id`, jailed or not: its Firecracker carries the owner mark.
+    pub fn host_options_jailed(
+        &self,
+        id: Option<&str>,
+        jailed: bool,
+    ) -> anyhow::Result<HostOptions> {
+        let mut o = self.host_options(id)?;
+        if jailed {
+            o.jailer = Some(self.jailer_options()?);
+        }
+        Ok(o)
+    }
+
+    /// A host for operations on a recorded VM (jailed when it was created with `--jailer`).
+    pub fn host_for(&self, record: &flick::store::VmRecord) -> anyhow::Result<Host> {
+        let jailed = record
+            .spec
+            .get("jailer")
+            .and_then(serde_json::Value::as_bool)
+            == Some(true);
+        Ok(Host::new(
+            self.host_options_jailed(Some(&record.id), jailed)?,
+        )?)
+    }
+
     /// Host options for VM `id`: its Firecracker carries the owner mark.
     pub fn host_options(&self, id: Option<&str>) -> anyhow::Result<HostOptions> {
         let mut o = HostOptions::new(self.data_dir(), Self::firecracker()?);

@@ -32,6 +32,16 @@ pub fn marked_processes(ctx: &Ctx, id: Option<&str>) -> Vec<(ProcessIdentity, St
         else {
             continue;
         };
+        // A jailed Firecracker has a cleared environment; its root directory gives it away.
+        if let Some(vm) = jailed_vm_of(ctx, pid) {
+            if id.is_none_or(|id| id == vm)
+                && let Ok(identity) = ProcessIdentity::of(pid)
+                && identity.is_alive()
+            {
+                found.push((identity, vm));
+            }
+            continue;
+        }
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
@@ -51,6 +61,45 @@ pub fn marked_processes(ctx: &Ctx, id: Option<&str>) -> Vec<(ProcessIdentity, St
     found
 }
 
+fn jails_dir(ctx: &Ctx) -> PathBuf {
+    ctx.runtime_root().join("jailer")
+}
+
+/// The VM whose jail (`<runtime root>/jailer/<exec>/<id>/root`) is process `pid`'s root.
+fn jailed_vm_of(ctx: &Ctx, pid: i32) -> Option<String> {
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
+    let rel = root.strip_prefix(jails_dir(ctx)).ok()?;
+    let parts: Vec<_> = rel.components().collect();
+    match parts.as_slice() {
+        [_exec, id, root] if root.as_os_str() == "root" => {
+            Some(id.as_os_str().to_string_lossy().into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Removes VM `id`'s jails and cgroups (jailed VMs). Returns whether there were any.
+fn remove_jails(ctx: &Ctx, id: &str) -> bool {
+    let mut removed = false;
+    for exec in std::fs::read_dir(jails_dir(ctx))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let jail = exec.path().join(id);
+        if jail.exists() && std::fs::remove_dir_all(&jail).is_ok() {
+            removed = true;
+        }
+        if let Ok(cgroups) = ctx.jailer_options().map(|j| j.cgroup_root) {
+            if let Some(root) = cgroups {
+                let cg = root.join(exec.file_name()).join(id);
+                let _ = std::fs::remove_dir(&cg).or_else(|_| std::fs::remove_dir_all(&cg));
+            }
+        }
+    }
+    removed
+}
+
 /// Kills every marked process of VM `id`. Returns how many there were.
 pub async fn kill_marked(ctx: &Ctx, id: &str) -> usize {
     let procs = marked_processes(ctx, Some(id));
@@ -63,7 +112,8 @@ pub async fn kill_marked(ctx: &Ctx, id: &str) -> usize {
 /// Removes VM `id`'s runtime dir. Returns whether there was one.
 pub fn remove_runtime_dir(ctx: &Ctx, id: &str) -> bool {
     let dir = ctx.runtime_root().join(id);
-    dir.exists() && std::fs::remove_dir_all(&dir).is_ok()
+    let jailed = remove_jails(ctx, id);
+    (dir.exists() && std::fs::remove_dir_all(&dir).is_ok()) || jailed
 }
 
 /// Whether the record's Firecracker is alive.
@@ -135,14 +185,22 @@ pub async fn reconcile_locked(ctx: &Ctx, id: &str) -> anyhow::Result<Option<VmRe
 
 /// A start interrupted after Firecracker came up: adopt it when it answers as booted.
 async fn try_adopt(ctx: &Ctx, record: &VmRecord) -> Option<flick::vm::AttachRecord> {
+    if record
+        .spec
+        .get("jailer")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+    {
+        // A jail's layout is the library's to know: an interrupted jailed start is undone.
+        return None;
+    }
     let procs = marked_processes(ctx, Some(&record.id));
     let [(identity, _)] = procs.as_slice() else {
         return None;
     };
     let config = record.config.clone()?;
     let runtime = ctx.runtime_root().join(&record.id);
-    let options = ctx.host_options(Some(&record.id)).ok()?;
-    let host = flick::Host::new(options).ok()?;
+    let host = ctx.host_for(record).ok()?;
     // What start() would have recorded: the runtime layout is fixed, the effective config is
     // the caller's with the staged paths, which this VM (no staged drives) does not have.
     let status = flick::vm::VmStatus {
@@ -258,7 +316,7 @@ pub async fn gc(ctx: &Ctx) -> anyhow::Result<GcReport> {
     if let Ok(entries) = std::fs::read_dir(ctx.runtime_root()) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
+            if name.starts_with('.') || name == "jailer" {
                 continue;
             }
             let keep = live
@@ -266,6 +324,26 @@ pub async fn gc(ctx: &Ctx) -> anyhow::Result<GcReport> {
                 .is_some_and(|r| r.state.expects_process() || r.state.is_transitional());
             if !keep && std::fs::remove_dir_all(entry.path()).is_ok() {
                 report.removed_runtime_dirs.push(entry.path());
+            }
+        }
+    }
+    // Jails of VMs that do not run.
+    for exec in std::fs::read_dir(jails_dir(ctx))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for jail in std::fs::read_dir(exec.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = jail.file_name().to_string_lossy().into_owned();
+            let keep = live
+                .get(name.as_str())
+                .is_some_and(|r| r.state.expects_process() || r.state.is_transitional());
+            if !keep && remove_jails(ctx, &name) {
+                report.removed_runtime_dirs.push(jail.path());
             }
         }
     }

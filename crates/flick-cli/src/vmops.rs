@@ -91,6 +91,9 @@ pub struct CreateSpec {
     /// Default user of the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Run Firecracker through the jailer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub jailer: bool,
     /// Host ports forwarded to the guest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<flick::net::publish::Publish>,
@@ -205,11 +208,14 @@ async fn create_steps(ctx: &Ctx, record: &mut VmRecord, spec: &CreateSpec) -> an
         .with_initrd(&initrd.path)
         .with_vcpus(spec.cpus)
         .with_memory_mib(spec.memory_mib)
-        .with_vsock(Vsock::new(3))
-        .with_serial(Serial {
+        .with_vsock(Vsock::new(3));
+    // A jailed Firecracker can only write inside its jail: its console stays there.
+    if !spec.jailer {
+        config = config.with_serial(Serial {
             serial_out_path: Some(console_log(ctx, &id)),
             rate_limiter: None,
         });
+    }
     let mut root = Drive::root("rootfs", &spec.rootfs);
     root.is_read_only = spec.rootfs_read_only;
     config = config.with_drive(root);
@@ -310,7 +316,7 @@ pub async fn start(ctx: &Ctx, key: &str) -> anyhow::Result<VmRecord> {
     record.last_error = None;
     ctx.store.save(&mut record)?;
     crash_point("start:record-starting");
-    let host = ctx.host(Some(&id))?;
+    let host = ctx.host_for(&record)?;
     let result = async {
         let vm = host.create_vm(&id, config).await?;
         vm.start().await?;
@@ -394,7 +400,7 @@ pub async fn stop_process(
         crate::reconcile::remove_runtime_dir(ctx, &record.id);
         return Ok(None);
     };
-    let host = ctx.host(Some(&record.id))?;
+    let host = ctx.host_for(record)?;
     let outcome = match host.attach_vm(attach).await {
         Ok(vm) => {
             let outcome = vm.stop_with_grace(grace).await.ok();
@@ -499,7 +505,7 @@ pub async fn snapshot(ctx: &Ctx, key: &str, name: &str) -> anyhow::Result<Snapsh
         .into());
     }
     std::fs::create_dir_all(snapshots_dir(ctx))?;
-    let host = ctx.host(Some(&id))?;
+    let host = ctx.host_for(&record)?;
     let vm = host.attach_vm(attach).await?;
     vm.detach().await;
     let was_running = record.state == RecordState::Running;
@@ -601,7 +607,7 @@ pub async fn restore(
         }
         record.state = RecordState::Starting;
         ctx.store.save(&mut record)?;
-        let host = ctx.host(Some(&id))?;
+        let host = ctx.host_for(&record)?;
         let vm = host
             .restore_vm(
                 &snapshot,

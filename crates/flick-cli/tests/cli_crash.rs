@@ -306,3 +306,88 @@ fn concurrent_clis_never_corrupt_the_store() {
     assert!(env.links().is_empty());
     assert!(env.nft().trim().is_empty());
 }
+
+#[test]
+fn jailed_vms_are_recorded_stopped_and_reclaimed_with_their_jails() {
+    let env = Env::new();
+    let cgroups = env.dir.path().join("cgroup");
+    std::fs::create_dir_all(&cgroups).unwrap();
+    // The jailer only execs a file named like Firecracker.
+    let firecracker = env.dir.path().join("firecracker");
+    std::fs::copy(flick_testkit::fc_double_path(), &firecracker).unwrap();
+    let flick = |args: &[&str]| {
+        let out = env
+            .command(args)
+            .env("FLICK_FIRECRACKER", &firecracker)
+            .env("FLICK_JAILER", flick_testkit::jailer_double_path())
+            .env("FLICK_JAILER_CGROUP_ROOT", &cgroups)
+            .env("JAILER_DOUBLE_CGROUP_ROOT", &cgroups)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let jails = env.runtime_dir().join("jailer");
+    let jail_count = || {
+        cli_common::dir_names(&jails)
+            .iter()
+            .map(|exec| cli_common::dir_names(&jails.join(exec)).len())
+            .sum::<usize>()
+    };
+    let vm: Value = serde_json::from_str(&flick(&[
+        "--json",
+        "create",
+        "--name",
+        "jailed",
+        "--jailer",
+        "--no-network",
+    ]))
+    .unwrap();
+    assert_eq!(vm["state"], "running");
+    let record: Value = serde_json::from_str(&flick(&["--json", "inspect", "jailed"])).unwrap();
+    let runtime = record["attach"]["status"]["runtime_dir"].as_str().unwrap();
+    assert!(
+        runtime.starts_with(jails.to_str().unwrap()),
+        "the jail is the runtime dir: {runtime}"
+    );
+    assert_eq!(jail_count(), 1);
+    assert_eq!(
+        env.marked_processes().len(),
+        1,
+        "the jailed Firecracker is found by its root"
+    );
+
+    flick(&["stop", "jailed"]);
+    assert_eq!(jail_count(), 0, "stop removes the jail");
+    flick(&["start", "jailed"]);
+    assert_eq!(jail_count(), 1);
+    // A jailed Firecracker that dies: crashed, and its jail reclaimed.
+    let pid = env.marked_processes()[0];
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let list: Value = serde_json::from_str(&flick(&["--json", "ls", "-a"])).unwrap();
+    assert_eq!(list[0]["state"], "crashed");
+    assert_eq!(jail_count(), 0);
+    flick(&["start", "jailed"]);
+    flick(&["rm", "-f", "jailed"]);
+    flick(&["gc"]);
+    assert_eq!(jail_count(), 0);
+    assert!(env.marked_processes().is_empty());
+    let leftover_cgroups: Vec<String> = cli_common::dir_names(&cgroups)
+        .iter()
+        .flat_map(|d| cli_common::dir_names(&cgroups.join(d)))
+        .collect();
+    assert!(
+        leftover_cgroups.is_empty(),
+        "cgroups removed: {leftover_cgroups:?}"
+    );
+}

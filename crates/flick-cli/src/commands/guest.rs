@@ -352,7 +352,16 @@ pub struct LogsCmd {
 /// The serial console of a VM (kept until `rm`).
 pub async fn logs(ctx: &Ctx, cmd: &LogsCmd) -> anyhow::Result<ExitCode> {
     let record = ctx.store.resolve(&cmd.vm)?;
-    let path = vmops::console_path(ctx, &record.id);
+    let mut path = vmops::console_path(ctx, &record.id);
+    if !path.exists()
+        && let Some(dir) = record
+            .attach
+            .as_ref()
+            .and_then(|a| a.status.runtime_dir.clone())
+    {
+        // Jailed VMs keep their console in the jail while they run.
+        path = dir.join("serial.log");
+    }
     let mut offset = 0u64;
     loop {
         if let Ok(mut f) = std::fs::File::open(&path) {

@@ -169,11 +169,8 @@ pub async fn spec(ctx: &Ctx, args: &CreateArgs) -> anyhow::Result<CreateSpec> {
         crate::vmops::check_publish_free(ctx, &publish)?;
     }
     if args.jailer {
-        return Err(Error::new(
-            ErrorCode::HostUnsupported,
-            "--jailer is not supported by this build",
-        )
-        .into());
+        // Fails early (BINARY_NOT_FOUND) when there is no jailer to run.
+        ctx.jailer_options()?;
     }
     let memory = parse_mib(&args.memory)?;
     let disk_mib = args.disk.as_deref().map(parse_mib).transpose()?;
@@ -193,6 +190,7 @@ pub async fn spec(ctx: &Ctx, args: &CreateArgs) -> anyhow::Result<CreateSpec> {
         env: boot.env,
         workdir: boot.workdir,
         user: boot.user,
+        jailer: args.jailer,
         publish,
     })
 }

@@ -192,16 +192,21 @@ impl Env {
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
             .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                let marked = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
                     env.split(|b| *b == 0)
                         .any(|v| v.starts_with(mark.as_bytes()))
-                }) && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                    !s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
+                });
+                // Jailed ones have a cleared environment and a jail as their root.
+                let jailed = std::fs::read_link(format!("/proc/{pid}/root"))
+                    .is_ok_and(|root| root.starts_with(self.runtime_dir().join("jailer")));
+                (marked || jailed)
+                    && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                        !s.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('Z')
+                    })
             })
             .collect()
     }
