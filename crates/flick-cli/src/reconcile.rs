@@ -90,11 +90,9 @@ fn remove_jails(ctx: &Ctx, id: &str) -> bool {
         if jail.exists() && std::fs::remove_dir_all(&jail).is_ok() {
             removed = true;
         }
-        if let Ok(cgroups) = ctx.jailer_options().map(|j| j.cgroup_root) {
-            if let Some(root) = cgroups {
-                let cg = root.join(exec.file_name()).join(id);
-                let _ = std::fs::remove_dir(&cg).or_else(|_| std::fs::remove_dir_all(&cg));
-            }
+        if let Ok(Some(root)) = ctx.jailer_options().map(|j| j.cgroup_root) {
+            let cg = root.join(exec.file_name()).join(id);
+            let _ = std::fs::remove_dir(&cg).or_else(|_| std::fs::remove_dir_all(&cg));
         }
     }
     removed
