@@ -240,14 +240,7 @@ async fn create_steps(ctx: &Ctx, record: &mut VmRecord, spec: &CreateSpec) -> an
             host_device: None,
             policy: Some(policy.clone()),
         };
-        let vm_id = id.clone();
-        let (iface, vm_net) = ctx
-            .with_network(async |net| {
-                let iface = net.add_vm(request).await?;
-                let vm_net = net.state().vms.get(&vm_id).cloned();
-                Ok((iface, vm_net))
-            })
-            .await?;
+        let (iface, vm_net) = add_network(ctx, request).await?;
         crash_point("create:network-added");
         boot_args.push(' ');
         boot_args.push_str(&iface.boot_arg());
@@ -279,6 +272,20 @@ async fn undo_create(ctx: &Ctx, record: &VmRecord) {
     let id = record.id.clone();
     let _ = remove_network(ctx, &id).await;
     let _ = ctx.store.delete(&id);
+}
+
+/// Plugs a VM in: its interface, and its whole network entry as the record keeps it.
+async fn add_network(
+    ctx: &Ctx,
+    request: VmRequest,
+) -> anyhow::Result<(flick::net::VmInterface, Option<flick::net::host::VmNetwork>)> {
+    let vm_id = request.vm_id.clone();
+    ctx.with_network(async |net| {
+        let iface = net.add_vm(request).await?;
+        let vm_net = net.state().vms.get(&vm_id).cloned();
+        Ok((iface, vm_net))
+    })
+    .await
 }
 
 /// Removes the VM's network (a no-op when it has none).
@@ -594,14 +601,7 @@ pub async fn restore(
                 host_device: None,
                 policy: Some(policy.clone()),
             };
-            let vm_id = id.clone();
-            let (iface, vm_net) = ctx
-                .with_network(async |net| {
-                    let iface = net.add_vm(request).await?;
-                    let vm_net = net.state().vms.get(&vm_id).cloned();
-                    Ok((iface, vm_net))
-                })
-                .await?;
+            let (iface, vm_net) = add_network(ctx, request).await?;
             taps.insert("eth0".to_string(), iface.host_device.clone());
             record.network = vm_net;
         }

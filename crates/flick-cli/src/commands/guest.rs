@@ -55,10 +55,9 @@ pub async fn agent(record: &VmRecord) -> anyhow::Result<AgentClient> {
     Ok(client)
 }
 
-#[derive(Debug, clap::Args)]
-pub struct ExecCmd {
-    /// VM name or id.
-    pub vm: String,
+/// How a command runs in the guest (shared by `exec` and `run`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ExecOpts {
     /// Keep stdin open and stream it to the command.
     #[arg(short, long)]
     pub interactive: bool,
@@ -77,6 +76,14 @@ pub struct ExecCmd {
     /// Kill the command after this many seconds.
     #[arg(long)]
     pub timeout: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecCmd {
+    /// VM name or id.
+    pub vm: String,
+    #[command(flatten)]
+    pub opts: ExecOpts,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -182,7 +189,11 @@ fn emit(ctx: &Ctx, stream: &str, bytes: &[u8]) {
 }
 
 /// Builds the exec request, filling in the image's defaults.
-pub fn request(record: &VmRecord, cmd: &ExecCmd) -> anyhow::Result<ExecRequest> {
+pub fn request(
+    record: &VmRecord,
+    cmd: &ExecOpts,
+    command: &[String],
+) -> anyhow::Result<ExecRequest> {
     let spec = CreateSpec::of(record).unwrap_or_default();
     let mut env: Vec<(String, String)> = spec
         .env
@@ -195,7 +206,7 @@ pub fn request(record: &VmRecord, cmd: &ExecCmd) -> anyhow::Result<ExecRequest> 
     env.extend(parse_env(&cmd.env)?);
     let tty = cmd.tty.then(crate::term::window_size);
     Ok(ExecRequest {
-        argv: cmd.command.clone(),
+        argv: command.to_vec(),
         env,
         cwd: cmd.workdir.clone().or(spec.workdir),
         user: cmd.user.clone().or(spec.user),
@@ -208,7 +219,7 @@ pub fn request(record: &VmRecord, cmd: &ExecCmd) -> anyhow::Result<ExecRequest> 
 
 pub async fn exec(ctx: &Ctx, cmd: &ExecCmd) -> anyhow::Result<ExitCode> {
     let record = running(ctx, &cmd.vm).await?;
-    let req = request(&record, cmd)?;
+    let req = request(&record, &cmd.opts, &cmd.command)?;
     let code = run_command(ctx, &record, req).await?;
     Ok(ExitCode::from(code))
 }

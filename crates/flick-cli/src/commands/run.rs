@@ -17,24 +17,8 @@ pub struct RunCmd {
     /// Keep the sandbox after the command ends.
     #[arg(long)]
     pub keep: bool,
-    /// Stream stdin to the command.
-    #[arg(short, long)]
-    pub interactive: bool,
-    /// Allocate a terminal.
-    #[arg(short, long)]
-    pub tty: bool,
-    /// Environment variable `KEY=VALUE` (repeatable).
-    #[arg(short, long = "env")]
-    pub env: Vec<String>,
-    /// Working directory in the guest.
-    #[arg(short, long)]
-    pub workdir: Option<String>,
-    /// User in the guest.
-    #[arg(short, long)]
-    pub user: Option<String>,
-    /// Kill the command after this many seconds.
-    #[arg(long)]
-    pub timeout: Option<u64>,
+    #[command(flatten)]
+    pub opts: guest::ExecOpts,
     /// The command (default: the image's entrypoint and command).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -56,18 +40,8 @@ pub async fn run(ctx: &Ctx, cmd: &RunCmd) -> anyhow::Result<ExitCode> {
     }
     let record = vmops::create(ctx, cmd.create.name.clone(), spec, true).await;
     let record = record?;
-    let exec = guest::ExecCmd {
-        vm: record.id.clone(),
-        interactive: cmd.interactive,
-        tty: cmd.tty,
-        env: cmd.env.clone(),
-        workdir: cmd.workdir.clone(),
-        user: cmd.user.clone(),
-        timeout: cmd.timeout,
-        command,
-    };
     let outcome = async {
-        let req: ExecRequest = guest::request(&record, &exec)?;
+        let req: ExecRequest = guest::request(&record, &cmd.opts, &command)?;
         tokio::select! {
             code = guest::run_command(ctx, &record, req) => code,
             _ = tokio::signal::ctrl_c() => Ok(130),
