@@ -8,7 +8,7 @@ packages=(
   iproute2 nftables util-linux mount procps psmisc file coreutils gzip libc-bin
   e2fsprogs squashfs-tools cpio
   socat dnsmasq docker-registry wireguard-tools hyperfine
-  apache2-utils openssl tar
+  apache2-utils openssl tar bsdutils python3
 )
 
 missing=()
