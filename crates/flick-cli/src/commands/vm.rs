@@ -311,19 +311,33 @@ pub struct VmsCmd {
     pub vms: Vec<String>,
 }
 
-pub async fn start(ctx: &Ctx, cmd: &VmsCmd) -> anyhow::Result<ExitCode> {
+/// Runs `op` on each named VM in turn: its name per line, or one JSON array of the documents
+/// `op` returns. Stops at the first failure (the VMs before it stay done).
+async fn each_vm<F, Fut>(ctx: &Ctx, keys: &[String], op: F) -> anyhow::Result<ExitCode>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(String, serde_json::Value)>>,
+{
     let mut docs = Vec::new();
-    for key in &cmd.vms {
-        let record = vmops::start(ctx, key).await?;
-        docs.push(describe(&record));
+    for key in keys {
+        let (name, doc) = op(key.clone()).await?;
         if !ctx.globals.json {
-            println!("{}", record.name);
+            println!("{name}");
         }
+        docs.push(doc);
     }
     if ctx.globals.json {
         print_json(&docs);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn start(ctx: &Ctx, cmd: &VmsCmd) -> anyhow::Result<ExitCode> {
+    each_vm(ctx, &cmd.vms, async |key| {
+        let record = vmops::start(ctx, &key).await?;
+        Ok((record.name.clone(), describe(&record)))
+    })
+    .await
 }
 
 #[derive(Debug, clap::Args)]
@@ -337,20 +351,14 @@ pub struct StopCmd {
 }
 
 pub async fn stop(ctx: &Ctx, cmd: &StopCmd) -> anyhow::Result<ExitCode> {
-    let mut docs = Vec::new();
-    for key in &cmd.vms {
-        let (record, outcome) = vmops::stop(ctx, key, Duration::from_secs(cmd.timeout)).await?;
-        let mut d = describe(&record);
-        d["outcome"] = json!(outcome);
-        docs.push(d);
-        if !ctx.globals.json {
-            println!("{}", record.name);
-        }
-    }
-    if ctx.globals.json {
-        print_json(&docs);
-    }
-    Ok(ExitCode::SUCCESS)
+    let grace = Duration::from_secs(cmd.timeout);
+    each_vm(ctx, &cmd.vms, async |key| {
+        let (record, outcome) = vmops::stop(ctx, &key, grace).await?;
+        let mut doc = describe(&record);
+        doc["outcome"] = json!(outcome);
+        Ok((record.name, doc))
+    })
+    .await
 }
 
 #[derive(Debug, clap::Args)]
@@ -364,18 +372,12 @@ pub struct RmCmd {
 }
 
 pub async fn rm(ctx: &Ctx, cmd: &RmCmd) -> anyhow::Result<ExitCode> {
-    let mut docs = Vec::new();
-    for key in &cmd.vms {
-        let record = vmops::remove(ctx, key, cmd.force).await?;
-        docs.push(json!({ "id": record.id, "name": record.name, "removed": true }));
-        if !ctx.globals.json {
-            println!("{}", record.name);
-        }
-    }
-    if ctx.globals.json {
-        print_json(&docs);
-    }
-    Ok(ExitCode::SUCCESS)
+    each_vm(ctx, &cmd.vms, async |key| {
+        let record = vmops::remove(ctx, &key, cmd.force).await?;
+        let doc = json!({ "id": record.id, "name": record.name, "removed": true });
+        Ok((record.name, doc))
+    })
+    .await
 }
 
 #[derive(Debug, clap::Args)]
