@@ -14,6 +14,7 @@
 
 pub mod dns;
 pub mod firewall;
+mod helper;
 pub mod host;
 pub mod kernel;
 pub mod nft;

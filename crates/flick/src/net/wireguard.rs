@@ -21,10 +21,10 @@
 //! other interface. Host traffic keeps the normal default route. Cleanup removes only the routes,
 //! rules, nftables objects and interfaces flick created.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -650,42 +650,17 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
 /// Starts a userspace tunnel through the helper and waits until it reports ready. The helper
 /// is created in the calling thread's network namespace.
 pub fn start_userspace_tunnel(spec: &TunnelSpec, helper: &Path) -> Result<TunnelBackend> {
-    let body = serde_json::to_vec(spec)
-        .map_err(|e| Error::new(ErrorCode::Internal, "serialize tunnel spec").with_source(e))?;
-    let mut child = Command::new(helper)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            setup_err(format!("start the WireGuard helper {}", helper.display())).with_source(e)
-        })?;
-    let pid = child.id();
-    let mut stdin = child.stdin.take().expect("piped");
-    let _ = stdin.write_all(&body);
-    drop(stdin);
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_default();
-    let line = line.trim();
-    if line == "READY" {
-        let start_time = start_time(pid).ok_or_else(|| setup_err("the WireGuard helper exited"))?;
-        // The child is deliberately not waited for: it outlives this process.
-        drop(child);
-        return Ok(TunnelBackend::Userspace { pid, start_time });
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    Err(setup_err(format!(
-        "the WireGuard helper failed: {}",
-        line.strip_prefix("ERROR ")
-            .unwrap_or(if line.is_empty() { "no answer" } else { line })
-    )))
+    let started = super::helper::start(
+        helper,
+        spec,
+        "WireGuard helper",
+        ErrorCode::WireguardSetupFailed,
+        Duration::from_secs(15),
+    )?;
+    Ok(TunnelBackend::Userspace {
+        pid: started.pid,
+        start_time: started.start_time,
+    })
 }
 
 /// Creates and configures a kernel WireGuard interface in the calling thread's namespace.

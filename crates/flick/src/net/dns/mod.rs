@@ -33,10 +33,10 @@
 pub(crate) mod nfset;
 pub mod server;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -256,59 +256,34 @@ pub fn system_upstreams() -> Result<Vec<SocketAddrV4>> {
 
 /// Starts a resolver in the calling thread's network namespace and waits until it listens.
 pub fn start(spec: &ResolverSpec, helper: &Path) -> Result<ResolverState> {
-    let body = serde_json::to_vec(spec)
-        .map_err(|e| Error::new(ErrorCode::Internal, "serialize resolver spec").with_source(e))?;
-    let mut child = Command::new(helper)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            setup_err(format!(
-                "start the DNS resolver helper {}",
-                helper.display()
-            ))
-            .with_source(e)
-        })?;
-    let pid = child.id();
-    let mut stdin = child.stdin.take().expect("piped");
-    let _ = stdin.write_all(&body);
-    drop(stdin);
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
-    let line = line.trim();
-    let ports: Option<(u16, u16)> = line.strip_prefix("READY ").and_then(|rest| {
-        let mut w = rest.split_whitespace().map(str::parse::<u16>);
-        Some((w.next()?.ok()?, w.next()?.ok()?))
-    });
-    if let Some((port, proxy_port)) = ports {
-        let start_time = super::wireguard::start_time(pid)
-            .ok_or_else(|| setup_err("the DNS resolver helper exited"))?;
-        // Deliberately not waited for: it outlives this process.
-        drop(child);
-        return Ok(ResolverState {
-            pid,
-            start_time,
-            addr: spec.listen,
-            port,
-            proxy_port,
-            control: spec.control.clone(),
-            set: spec.set.clone(),
-        });
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    Err(setup_err(format!(
-        "the DNS resolver helper failed: {}",
-        line.strip_prefix("ERROR ")
-            .unwrap_or(if line.is_empty() { "no answer" } else { line })
-    )))
+    let started = super::helper::start(
+        helper,
+        spec,
+        "DNS resolver helper",
+        ErrorCode::NetworkSetupFailed,
+        Duration::from_secs(10),
+    )?;
+    let mut words = started.details.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(port)), Some(Ok(proxy_port))) = (words.next(), words.next()) else {
+        let _ = crate::process::ProcessIdentity {
+            pid: i32::try_from(started.pid).unwrap_or(i32::MAX),
+            start_time: started.start_time,
+        }
+        .signal_group(rustix::process::Signal::KILL);
+        return Err(setup_err(format!(
+            "the DNS resolver helper said READY without its ports: {:?}",
+            started.details
+        )));
+    };
+    Ok(ResolverState {
+        pid: started.pid,
+        start_time: started.start_time,
+        addr: spec.listen,
+        port,
+        proxy_port,
+        control: spec.control.clone(),
+        set: spec.set.clone(),
+    })
 }
 
 /// Whether the recorded helper is still the running process.
