@@ -532,9 +532,7 @@ pub async fn snapshot(ctx: &Ctx, key: &str, name: &str) -> anyhow::Result<Snapsh
         source_name: record.name.clone(),
         spec: record.spec.clone(),
         agent_token: record.agent_token.clone(),
-        created_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created_at: flick::unix_time(),
     };
     write_json(&dir.join("flick-snapshot.json"), &meta)?;
     Ok(meta)

@@ -44,3 +44,12 @@ pub const FIRECRACKER_REFERENCE_VERSION: &str = "1.16.1";
 pub fn agent_protocol_version() -> u32 {
     flick_proto::PROTOCOL_VERSION
 }
+
+/// Seconds since the Unix epoch (0 if the clock is before it): the timestamps of VM records,
+/// snapshots and images.
+#[must_use]
+pub fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

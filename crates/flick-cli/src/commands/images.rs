@@ -61,9 +61,7 @@ pub async fn run(ctx: &Ctx, cmd: &ImagesCmd) -> anyhow::Result<ExitCode> {
             if ctx.globals.json {
                 print_json(&list);
             } else {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = flick::unix_time();
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|i| {

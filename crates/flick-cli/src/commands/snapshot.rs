@@ -49,9 +49,7 @@ pub async fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<ExitCode> {
                 Some(n) => n.clone(),
                 None => {
                     let r = ctx.store.resolve(vm)?;
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
+                    let now = flick::unix_time();
                     format!("{}-{now}", r.name)
                 }
             };
@@ -76,9 +74,7 @@ pub async fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<ExitCode> {
             if ctx.globals.json {
                 print_json(&metas);
             } else {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = flick::unix_time();
                 let rows: Vec<Vec<String>> = metas
                     .iter()
                     .map(|m| {

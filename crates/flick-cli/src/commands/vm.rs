@@ -266,9 +266,7 @@ pub async fn ls(ctx: &Ctx, cmd: &LsCmd) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = flick::unix_time();
     let rows: Vec<Vec<String>> = shown
         .iter()
         .map(|r| {

@@ -20,7 +20,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -137,7 +137,7 @@ impl VmRecord {
     /// A new record in `creating` state owned by this process.
     #[must_use]
     pub fn new(id: impl Into<String>, name: impl Into<String>) -> Self {
-        let now = now_secs();
+        let now = crate::unix_time();
         Self {
             id: id.into(),
             name: name.into(),
@@ -171,12 +171,6 @@ impl VmRecord {
 #[must_use]
 pub fn current_process() -> Option<ProcessIdentity> {
     ProcessIdentity::of(rustix::process::getpid().as_raw_nonzero().get()).ok()
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// An exclusive lock, held until dropped (or until the holder dies).
@@ -321,7 +315,7 @@ impl Store {
     /// [`ErrorCode::StoreFailed`].
     pub fn save(&self, record: &mut VmRecord) -> Result<()> {
         check_id(&record.id)?;
-        record.updated_at = now_secs();
+        record.updated_at = crate::unix_time();
         let path = self.record_path(&record.id);
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| {
             Error::new(ErrorCode::StoreFailed, "cannot encode record").with_source(e)

@@ -11,7 +11,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -125,12 +125,6 @@ pub struct MicroVm {
     state: StdMutex<VmState>,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl MicroVm {
     /// A VM in `Created` state. The config is validated here (`INVALID_CONFIG` with every
     /// problem) and kept unchanged; nothing runs until [`start`](Self::start).
@@ -160,7 +154,7 @@ impl MicroVm {
             id: id.into(),
             config,
             options,
-            created_at: now_secs(),
+            created_at: crate::unix_time(),
             inner: Mutex::new(Inner {
                 state: VmState::Created,
                 runtime: None,
@@ -769,7 +763,7 @@ impl MicroVm {
                 kind: options.kind,
                 drives,
                 source_vm: self.id.clone(),
-                created_at: now_secs(),
+                created_at: crate::unix_time(),
                 config: self.config.clone(),
                 effective_config: effective,
                 view_dir: self.options.view_dir.clone(),
@@ -802,7 +796,7 @@ impl MicroVm {
             id,
             config: snapshot.config.clone(),
             options,
-            created_at: now_secs(),
+            created_at: crate::unix_time(),
             inner: Mutex::new(Inner {
                 state,
                 runtime: Some(parts.runtime),

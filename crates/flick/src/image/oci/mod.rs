@@ -226,12 +226,6 @@ fn digest_hex(digest: &str) -> Result<String> {
         })
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn report(
     progress: &dyn Progress,
     artifact: &str,
@@ -554,7 +548,7 @@ impl ImageStore {
             config,
             layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
             size_bytes: manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
-            created_at: now_secs(),
+            created_at: crate::unix_time(),
             config_digest: manifest.config.digest.clone(),
         };
         let path = self.ref_path(&record.reference);
