@@ -147,18 +147,7 @@ pub async fn create(
     let mut record = VmRecord::new(&id, &name);
     record.spec = serde_json::to_value(&spec)?;
     record.agent_token = Some(new_token()?);
-    {
-        let _global = ctx.store.lock_global(LOCK_WAIT)?;
-        if ctx.store.list()?.iter().any(|r| r.name == name) {
-            return Err(Error::new(
-                ErrorCode::AlreadyExists,
-                format!("a VM named {name:?} exists already"),
-            )
-            .with_details(json!({ "name": name }))
-            .into());
-        }
-        ctx.store.save(&mut record)?;
-    }
+    claim(ctx, &mut record)?;
     let _lock = lock(ctx, &id)?;
     crash_point("create:record-saved");
     match create_steps(ctx, &mut record, &spec).await {
@@ -173,6 +162,22 @@ pub async fn create(
         return start(ctx, &id).await;
     }
     Ok(record)
+}
+
+/// Saves a new record (state `creating`, owned by this process) if its name is free; the
+/// global lock makes the check and the write one step for concurrent CLIs.
+fn claim(ctx: &Ctx, record: &mut VmRecord) -> anyhow::Result<()> {
+    let _global = ctx.store.lock_global(LOCK_WAIT)?;
+    if ctx.store.list()?.iter().any(|r| r.name == record.name) {
+        return Err(Error::new(
+            ErrorCode::AlreadyExists,
+            format!("a VM named {:?} exists already", record.name),
+        )
+        .with_details(json!({ "name": record.name }))
+        .into());
+    }
+    ctx.store.save(record)?;
+    Ok(())
 }
 
 fn validate_name(name: &str) -> anyhow::Result<()> {
@@ -227,20 +232,14 @@ async fn create_steps(ctx: &Ctx, record: &mut VmRecord, spec: &CreateSpec) -> an
         config = config.with_drive(d);
     }
     crash_point("create:files-made");
-    let mut boot_args = String::from("console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda");
-    boot_args.push_str(if spec.rootfs_read_only {
-        " ro rootfstype=squashfs"
+    let rootfs_type = if spec.rootfs_read_only {
+        flick::image::RootfsType::Squashfs
     } else {
-        " rw"
-    });
+        flick::image::RootfsType::Ext4
+    };
+    let mut boot_args = format!("{} root=/dev/vda", rootfs_type.default_boot_args());
     if let Some(policy) = &spec.network {
-        let request = VmRequest {
-            vm_id: id.clone(),
-            iface_id: "eth0".into(),
-            host_device: None,
-            policy: Some(policy.clone()),
-        };
-        let (iface, vm_net) = add_network(ctx, request).await?;
+        let (iface, vm_net) = add_network(ctx, &id, policy).await?;
         crash_point("create:network-added");
         boot_args.push(' ');
         boot_args.push_str(&iface.boot_arg());
@@ -274,15 +273,22 @@ async fn undo_create(ctx: &Ctx, record: &VmRecord) {
     let _ = ctx.store.delete(&id);
 }
 
-/// Plugs a VM in: its interface, and its whole network entry as the record keeps it.
+/// Plugs VM `id`'s `eth0` in with `policy`: its interface, and its whole network entry as the
+/// record keeps it.
 async fn add_network(
     ctx: &Ctx,
-    request: VmRequest,
+    id: &str,
+    policy: &EgressPolicy,
 ) -> anyhow::Result<(flick::net::VmInterface, Option<flick::net::host::VmNetwork>)> {
-    let vm_id = request.vm_id.clone();
+    let request = VmRequest {
+        vm_id: id.to_string(),
+        iface_id: "eth0".into(),
+        host_device: None,
+        policy: Some(policy.clone()),
+    };
     ctx.with_network(async |net| {
         let iface = net.add_vm(request).await?;
-        let vm_net = net.state().vms.get(&vm_id).cloned();
+        let vm_net = net.state().vms.get(id).cloned();
         Ok((iface, vm_net))
     })
     .await
@@ -576,30 +582,14 @@ pub async fn restore(
     record.spec = serde_json::to_value(&clone_spec)?;
     record.agent_token = meta.agent_token.clone();
     record.config = Some(snapshot.config.clone());
-    {
-        let _global = ctx.store.lock_global(LOCK_WAIT)?;
-        if ctx.store.list()?.iter().any(|r| r.name == name) {
-            return Err(Error::new(
-                ErrorCode::AlreadyExists,
-                format!("a VM named {name:?} exists already"),
-            )
-            .into());
-        }
-        ctx.store.save(&mut record)?;
-    }
+    claim(ctx, &mut record)?;
     let _lock = lock(ctx, &id)?;
     let result = async {
         std::fs::create_dir_all(ctx.store.files_dir(&id))?;
         let spec = CreateSpec::of(&record)?;
         let mut taps = std::collections::BTreeMap::new();
         if let Some(policy) = &spec.network {
-            let request = VmRequest {
-                vm_id: id.clone(),
-                iface_id: "eth0".into(),
-                host_device: None,
-                policy: Some(policy.clone()),
-            };
-            let (iface, vm_net) = add_network(ctx, request).await?;
+            let (iface, vm_net) = add_network(ctx, &id, policy).await?;
             taps.insert("eth0".to_string(), iface.host_device.clone());
             record.network = vm_net;
         }
